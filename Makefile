@@ -1,0 +1,39 @@
+# Two commands do all the set-up on a fresh machine (Python 3.11 + Java 17):
+#   make demo   — venv, install, synthetic catalog, train, encode, quality summary
+#   make test   — venv, install, the whole test suite (what .ci/run calls)
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+STAMP  := $(VENV)/.installed-$(shell cat setup.cfg constraints.txt | cksum | cut -d' ' -f1)
+PY     := $(abspath $(VENV))/bin/python
+# Spark workers must run the venv's interpreter, not whatever python3 is on PATH.
+export PYSPARK_PYTHON := $(PY)
+export PYSPARK_DRIVER_PYTHON := $(PY)
+
+.PHONY: demo test install check-java bench clean
+
+install: $(STAMP)
+
+check-java:
+	@command -v java >/dev/null 2>&1 || [ -n "$$JAVA_HOME" ] || { \
+	  echo "error: java not found. Spark 4 needs Java 17+: apt-get install openjdk-17-jre-headless (or set JAVA_HOME)" >&2; exit 1; }
+	@v=$$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n1); \
+	  [ -z "$$v" ] || [ "$$v" -ge 17 ] || { echo "error: Java $$v found; Spark 4 needs Java 17+" >&2; exit 1; }
+
+$(STAMP): setup.cfg constraints.txt | check-java
+	@[ -x "$(PY)" ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,report]'
+	rm -f $(VENV)/.installed-*; touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/sid-spark demo --output demo_out $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
+	$(PY) benchmarks/bench_core.py $(ARGS)
+
+clean:
+	rm -rf demo_out .pytest_cache build *.egg-info

@@ -1,0 +1,141 @@
+"""Job and tokenizer configuration: frozen dataclasses validated at start-up.
+
+A bad value fails here, naming the key, not forty minutes into a job.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+BALANCE_MODES = ("exact", "none")
+DEVICES = ("auto", "cpu", "cuda")
+DEDUP_MODES = ("none", "suffix", "reassign")
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown or has a bad value."""
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    id_col: str = "item_id"
+    vector_col: str = "embedding"
+    sid_col: str = "sid"
+    levels: int = 3
+    codebook_size: int = 256
+    seed: int = 42
+    # Rows per mini-batch; a sample smaller than this trains by full-batch Lloyd.
+    batch_size: int = 65536
+    # Rows drawn (by a hash of the id) to train on; the whole catalog is still encoded.
+    sample_size: int = 1_000_000
+    # Rows per level for the k-means++ seeding, as a multiple of codebook_size.
+    init_factor: int = 50
+    max_iter: int = 30
+    tol: float = 1e-4
+    device: str = "auto"
+    # "exact" (every code of every level holds N/K items, +-1) or "none"; a list gives one mode per level.
+    balance: Any = "exact"
+    # Price (dual-ascent) passes over the data per level before the exact repair rounds.
+    balance_passes: int = 8
+    # Upper bound on repair rounds per level; leftovers are then placed by a single global ranking pass.
+    balance_repair_rounds: int = 8
+    dedup: str = "none"
+    sid_capacity: int = 1
+    # Rows per torch GEMM block: fixed so that every row sees the same kernel whatever the partitioning.
+    block_rows: int = 4096
+    arrow_batch_rows: int = 16384
+
+    def __post_init__(self) -> None:
+        def need(cond: bool, key: str, msg: str) -> None:
+            if not cond:
+                raise ConfigError(f"config key '{key}': {msg} (got {getattr(self, key)!r})")
+
+        for key in ("id_col", "vector_col", "sid_col"):
+            need(isinstance(getattr(self, key), str) and getattr(self, key) != "", key, "must be a non-empty string")
+        for key in ("levels", "codebook_size", "batch_size", "sample_size", "init_factor", "max_iter",
+                    "block_rows", "arrow_batch_rows", "sid_capacity"):
+            v = getattr(self, key)
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, key, "must be an integer >= 1")
+        need(isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0, "seed",
+             "must be an integer >= 0")
+        need(self.codebook_size >= 2, "codebook_size", "must be >= 2")
+        need(isinstance(self.tol, (int, float)) and self.tol >= 0, "tol", "must be a number >= 0")
+        need(self.device in DEVICES, "device", f"must be one of {DEVICES}")
+        need(self.dedup in DEDUP_MODES, "dedup", f"must be one of {DEDUP_MODES}")
+        for key in ("balance_passes", "balance_repair_rounds"):
+            v = getattr(self, key)
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= 0, key, "must be an integer >= 0")
+        modes = self.balance if isinstance(self.balance, (list, tuple)) else [self.balance]
+        need(all(m in BALANCE_MODES for m in modes), "balance",
+             f"must be one of {BALANCE_MODES} or a list of them, one per level")
+        if isinstance(self.balance, (list, tuple)):
+            need(len(self.balance) == self.levels, "balance", f"a list must have one mode per level ({self.levels})")
+            object.__setattr__(self, "balance", tuple(self.balance))
+
+    def balance_for(self, level: int) -> str:
+        """Balance mode of `level` (0-based)."""
+        return self.balance[level] if isinstance(self.balance, tuple) else self.balance
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        if isinstance(d["balance"], tuple):
+            d["balance"] = list(d["balance"])
+        return d
+
+    def replace(self, **changes: Any) -> "TokenizerConfig":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "TokenizerConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown config key '{unknown[0]}' (known keys: {', '.join(sorted(known))})")
+        return cls(**dict(values))
+
+
+def parse_value(text: str) -> Any:
+    """A `--set key=value` value, read as YAML so numbers, booleans and lists come out typed."""
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def load_config_file(path: str | Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    data = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping of key: value")
+    return data
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """Everything a job reads from its YAML file and --set overrides, split into the tokenizer part and the rest."""
+
+    tokenizer: TokenizerConfig
+    extra: dict = field(default_factory=dict)
+
+
+def resolve(config_path: str | None, overrides: list[str] | None, job_keys: Mapping[str, Any] = ()) -> JobSettings:
+    """Merge file and overrides; keys in `job_keys` (with their defaults) belong to the job, the rest to the tokenizer."""
+    merged = {**load_config_file(config_path), **parse_overrides(overrides)}
+    job_defaults = dict(job_keys)
+    extra = {k: merged.pop(k) for k in list(merged) if k in job_defaults}
+    return JobSettings(TokenizerConfig.from_dict(merged), {**job_defaults, **extra})

@@ -1,0 +1,1 @@
+"""Layer 1: pure numerical kernels (numpy / torch). No Spark imports here."""

@@ -1,0 +1,196 @@
+"""Nearest-centroid assignment and k-means updates, in torch (CPU or CUDA).
+
+Distances are GEMM-shaped, ``||x||^2 - 2 x C^T + ||c||^2`` (faiss ``distances.cpp``), computed in blocks of a
+fixed number of rows: the last block is zero-padded so every row goes through the very same GEMM shape, which
+keeps a row's code independent of how many rows shared its Arrow batch (and so of the partitioning).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+DEFAULT_BLOCK_ROWS = 4096
+
+
+def as_tensor(a, device: torch.device | str = "cpu", dtype=torch.float32) -> torch.Tensor:
+    if isinstance(a, torch.Tensor):
+        return a.to(device=device, dtype=dtype)
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32 if dtype == torch.float32 else None)).to(
+        device=device, dtype=dtype)
+
+
+def _blocks(n: int, block_rows: int):
+    for start in range(0, n, block_rows):
+        yield start, min(start + block_rows, n)
+
+
+def _padded(x: torch.Tensor, start: int, stop: int, block_rows: int) -> torch.Tensor:
+    block = x[start:stop]
+    if stop - start == block_rows:
+        return block
+    pad = torch.zeros((block_rows - (stop - start), x.shape[1]), dtype=x.dtype, device=x.device)
+    return torch.cat([block, pad])
+
+
+def distances(x: torch.Tensor, centroids: torch.Tensor, prices: Optional[torch.Tensor] = None,
+              block_rows: int = DEFAULT_BLOCK_ROWS) -> torch.Tensor:
+    """(n, K) squared distances (plus per-code price) of every row to every centroid. Use on small n only."""
+    out = torch.empty((x.shape[0], centroids.shape[0]), dtype=torch.float32, device=x.device)
+    c_sq = (centroids * centroids).sum(1)
+    for start, stop in _blocks(x.shape[0], block_rows):
+        xb = _padded(x, start, stop, block_rows)
+        d = torch.addmm(c_sq.unsqueeze(0), xb, centroids.T, alpha=-2.0)
+        d += (xb * xb).sum(1, keepdim=True)
+        if prices is not None:
+            d += prices.unsqueeze(0)
+        out[start:stop] = d[: stop - start]
+    return out
+
+
+def assign(x: torch.Tensor, centroids: torch.Tensor, prices: Optional[torch.Tensor] = None,
+           block_rows: int = DEFAULT_BLOCK_ROWS, topk: int = 1):
+    """Nearest code of every row, by ``||x - c||^2 + price``.
+
+    x: (n, d) float32, centroids: (K, d) float32, prices: (K,) or None.
+    Returns (codes (n,) int64, dist (n,) float32) for topk == 1, else ((n, topk), (n, topk)) sorted ascending.
+    Ties go to the lower code index (torch's argmin/topk order is stable for equal values).
+    """
+    n = x.shape[0]
+    c_sq = (centroids * centroids).sum(1)
+    if prices is not None:
+        c_sq = c_sq + prices
+    shape = (n,) if topk == 1 else (n, topk)
+    codes = torch.empty(shape, dtype=torch.int64, device=x.device)
+    dist = torch.empty(shape, dtype=torch.float32, device=x.device)
+    for start, stop in _blocks(n, block_rows):
+        xb = _padded(x, start, stop, block_rows)
+        d = torch.addmm(c_sq.unsqueeze(0), xb, centroids.T, alpha=-2.0)
+        m = stop - start
+        x_sq = (xb[:m] * xb[:m]).sum(1)
+        if topk == 1:
+            best, idx = torch.min(d[:m], dim=1)
+            codes[start:stop] = idx
+            dist[start:stop] = best + x_sq
+        else:
+            best, idx = torch.topk(d[:m], topk, dim=1, largest=False, sorted=True)
+            codes[start:stop] = idx
+            dist[start:stop] = best + x_sq.unsqueeze(1)
+    return codes, dist
+
+
+def residual_encode(x: torch.Tensor, codebooks: Sequence[torch.Tensor],
+                    prices: Optional[Sequence[Optional[torch.Tensor]]] = None,
+                    block_rows: int = DEFAULT_BLOCK_ROWS):
+    """Greedy residual quantisation through every level.
+
+    Returns (codes (n, L) int64, residual (n, d) float32 left after the last level).
+    """
+    r = x.clone()
+    cols = []
+    for level, cb in enumerate(codebooks):
+        p = prices[level] if prices is not None else None
+        codes, _ = assign(r, cb, p, block_rows)
+        r -= cb[codes]
+        cols.append(codes)
+    if not cols:
+        return torch.empty((x.shape[0], 0), dtype=torch.int64, device=x.device), r
+    return torch.stack(cols, 1), r
+
+
+def reconstruct(codes: torch.Tensor, codebooks: Sequence[torch.Tensor]) -> torch.Tensor:
+    """x_hat = sum over levels of c_l[s_l]; codes (n, L)."""
+    out = torch.zeros((codes.shape[0], codebooks[0].shape[1]), dtype=torch.float32, device=codebooks[0].device)
+    for level, cb in enumerate(codebooks):
+        out += cb[codes[:, level]]
+    return out
+
+
+def partial_stats(r: torch.Tensor, codes: torch.Tensor, k: int):
+    """Per-code counts (K,) int64, sums (K, d) float64 and the summed squared error term of rows `r`."""
+    counts = torch.bincount(codes, minlength=k).to(torch.int64)
+    sums = torch.zeros((k, r.shape[1]), dtype=torch.float64, device=r.device)
+    sums.index_add_(0, codes, r.to(torch.float64))
+    return counts, sums
+
+
+def kmeans_pp(x: torch.Tensor, k: int, rng: np.random.Generator, trials: Optional[int] = None) -> torch.Tensor:
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; greedy variant as in scikit-learn).
+
+    x: (m, d) float32 with m >= k. Returns (k, d) float32 centroids; draws come from `rng` (seeded by the caller).
+    """
+    m = x.shape[0]
+    if m < k:
+        raise ValueError(f"k-means++ needs at least {k} rows, got {m}")
+    trials = trials or 2 + int(np.log(k))
+    x64 = x.to(torch.float64)
+    x_sq = (x64 * x64).sum(1)
+    centers = torch.empty((k, x.shape[1]), dtype=torch.float64, device=x.device)
+    first = int(rng.integers(m))
+    centers[0] = x64[first]
+    closest = (x_sq - 2 * x64 @ centers[0] + x_sq[first]).clamp_min_(0)
+    for i in range(1, k):
+        total = float(closest.sum())
+        if total <= 0:  # every row already sits on a centre: take distinct rows in order
+            cand = torch.tensor([int(rng.integers(m))], device=x.device)
+        else:
+            cum = torch.cumsum(closest, 0)
+            u = torch.as_tensor(rng.random(trials) * total, dtype=torch.float64, device=x.device)
+            cand = torch.searchsorted(cum, u).clamp_(max=m - 1)
+        cand_d = (x_sq.unsqueeze(0) - 2 * x64[cand] @ x64.T + x_sq[cand].unsqueeze(1)).clamp_min_(0)
+        cand_d = torch.minimum(cand_d, closest.unsqueeze(0))
+        best = int(torch.argmin(cand_d.sum(1)))
+        centers[i] = x64[cand[best]]
+        closest = cand_d[best]
+    return centers.to(torch.float32)
+
+
+def lloyd_update(centroids: torch.Tensor, counts: torch.Tensor, sums: torch.Tensor) -> torch.Tensor:
+    """Centre = mean of its cluster; a code with no rows keeps its centre (split_empty repairs it)."""
+    out = centroids.clone().to(torch.float64)
+    live = counts > 0
+    out[live] = sums[live] / counts[live].unsqueeze(1).to(torch.float64)
+    return out.to(torch.float32)
+
+
+def sculley_update(centroids: torch.Tensor, seen: torch.Tensor, counts: torch.Tensor,
+                   sums: torch.Tensor):
+    """Mini-batch k-means step with per-centre learning rate 1/v_k (Sculley 2010), batched over the mini-batch:
+    c_k <- c_k + (sum_k - n_k c_k) / v_k with v_k the running count. Returns (centroids, seen)."""
+    seen = seen + counts
+    c = centroids.to(torch.float64)
+    live = counts > 0
+    step = (sums[live] - counts[live].unsqueeze(1).to(torch.float64) * c[live]) / seen[live].unsqueeze(1)
+    c = c.clone()
+    c[live] += step
+    return c.to(torch.float32), seen
+
+
+def split_empty(centroids: torch.Tensor, counts: torch.Tensor, eps: float = 1e-4):
+    """Re-seed every empty code by splitting the largest cluster (faiss ``split_clusters``).
+
+    The big centre c becomes c(1+eps) and c(1-eps) elementwise-perturbed in opposite directions; counts are
+    halved between the two so a second empty code splits another cluster. Returns (centroids, counts, n_split).
+    """
+    c = centroids.clone()
+    n = counts.clone().to(torch.float64)
+    empty = torch.nonzero(n == 0).flatten().tolist()
+    for dead in empty:
+        big = int(torch.argmax(n))
+        if n[big] <= 1:
+            break
+        sign = torch.ones_like(c[big])
+        sign[1::2] = -1
+        delta = eps * sign * (c[big].abs() + eps)
+        c[dead] = c[big] + delta
+        c[big] = c[big] - delta
+        n[dead] = n[big] / 2
+        n[big] -= n[dead]
+    return c, n, len(empty)
+
+
+def centroid_shift(old: torch.Tensor, new: torch.Tensor) -> float:
+    """Relative squared shift ||new - old||_F^2 / ||old||_F^2 (the stopping criterion)."""
+    denom = float((old.double() ** 2).sum()) or 1.0
+    return float(((new.double() - old.double()) ** 2).sum()) / denom

@@ -1,0 +1,87 @@
+"""Input validation and preparation: every row ends up valid or in the rejects table with a reason."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from ..config import TokenizerConfig
+from ..errors import InputError
+from .vectors import float_array_column
+
+VEC = "_vec"
+HASH = "_h"
+
+# Reasons a row is rejected; the README's "Failure behaviour" table documents each.
+NULL_ID = "null_id"
+NULL_VECTOR = "null_vector"
+EMPTY_VECTOR = "empty_vector"
+WRONG_DIMENSION = "wrong_dimension"
+NON_FINITE = "non_finite"
+DUPLICATE_ID = "duplicate_id"
+CONFLICTING_DUPLICATE_ID = "conflicting_duplicate_id"
+
+
+@dataclass
+class Prepared:
+    valid: DataFrame  # id_col, _vec array<float>, _h long
+    rejects: DataFrame  # id_col, reason string
+    dim: int
+
+
+def item_hash(id_col: str, seed: int, salt: int = 0):
+    """Stable 64-bit hash of the item id: mini-batch membership, samples and tie-breaks depend on it alone,
+    never on the partitioning."""
+    return F.xxhash64(F.lit(int(seed)), F.lit(int(salt)), F.col(id_col))
+
+
+def prepare(df: DataFrame, cfg: TokenizerConfig, dim: Optional[int] = None) -> Prepared:
+    """Split `df` into valid rows (id, float vector, hash) and rejected rows (id, reason).
+
+    dim=None (training) infers the dimension and stops on mixed dimensions; a given dim (encoding with a
+    model) rejects rows of another length instead.
+    """
+    if cfg.id_col not in df.columns:
+        raise InputError(f"id column '{cfg.id_col}' not found (columns: {', '.join(df.columns)})")
+    vec = float_array_column(df, cfg.vector_col)
+    rows = df.select(F.col(cfg.id_col), vec.alias(VEC))
+    if dim is None:
+        dim = infer_dimension(rows)
+    size = F.size(VEC)
+    bad_value = F.exists(F.col(VEC), lambda v: F.isnan(v) | (F.abs(v) == F.lit(float("inf"))))
+    reason = (F.when(F.col(cfg.id_col).isNull(), F.lit(NULL_ID))
+              .when(F.col(VEC).isNull(), F.lit(NULL_VECTOR))
+              .when(size == 0, F.lit(EMPTY_VECTOR))
+              .when(size != F.lit(dim), F.lit(WRONG_DIMENSION))
+              .when(bad_value, F.lit(NON_FINITE)))
+    checked = rows.withColumn("reason", reason)
+    row_rejects = checked.where(F.col("reason").isNotNull()).select(cfg.id_col, "reason")
+    clean = checked.where(F.col("reason").isNull()).drop("reason")
+
+    # Duplicate ids: identical copies collapse to one (the rest are rejected), differing copies are all
+    # rejected — no vector is chosen arbitrarily for an id.
+    grouped = clean.groupBy(cfg.id_col).agg(
+        F.count(F.lit(1)).alias("_n"),
+        F.min(F.xxhash64(VEC)).alias("_vmin"),
+        F.max(F.xxhash64(VEC)).alias("_vmax"),
+        F.first(VEC).alias(VEC))
+    same = F.col("_vmin") == F.col("_vmax")
+    valid = grouped.where(same).select(cfg.id_col, VEC, item_hash(cfg.id_col, cfg.seed).alias(HASH))
+    dup_rejects = grouped.where((F.col("_n") > 1)).select(
+        cfg.id_col,
+        F.explode(F.when(same, F.array_repeat(F.lit(DUPLICATE_ID), (F.col("_n") - 1).cast("int")))
+                  .otherwise(F.array_repeat(F.lit(CONFLICTING_DUPLICATE_ID), F.col("_n").cast("int")))).alias("reason"))
+    return Prepared(valid=valid, rejects=row_rejects.unionByName(dup_rejects), dim=dim)
+
+
+def infer_dimension(rows: DataFrame) -> int:
+    """One aggregation pass: the common vector length, or a structural error."""
+    stats = rows.where(F.col(VEC).isNotNull() & (F.size(VEC) > 0)).agg(
+        F.min(F.size(VEC)).alias("lo"), F.max(F.size(VEC)).alias("hi")).first()  # driver-ok: one row
+    if stats is None or stats["lo"] is None:
+        raise InputError("input has no rows with a non-empty vector")
+    if stats["lo"] != stats["hi"]:
+        raise InputError(f"input mixes vector dimensions {stats['lo']}..{stats['hi']}: one input must have one dimension")
+    return int(stats["lo"])

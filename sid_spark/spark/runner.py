@@ -1,0 +1,156 @@
+"""Per-partition functions over Arrow batches, and the driver-side combination of their K-sized results.
+
+Every function here follows one pattern (spark-rapids-ml ``core.py``): the partition turns the vector column of
+each Arrow batch into one float32 matrix, calls the kernels, and yields either encoded rows or one small blob of
+per-code statistics; the driver only ever sees K-sized aggregates.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Iterator, List, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import torch
+from pyspark.sql import DataFrame
+from pyspark.sql import types as T
+
+from ..kernels import kmeans as km
+from .device import configure_torch_for_task, task_device
+from .prepare import VEC
+from .vectors import arrow_matrix
+
+
+@dataclass(frozen=True)
+class QuantizerState:
+    """What a partition needs to quantise: the codebooks (and prices) of the levels trained so far."""
+
+    codebooks: tuple  # of (K, d) float32 numpy arrays
+    prices: tuple  # of (K,) float32 numpy arrays or None, one per codebook
+    block_rows: int = km.DEFAULT_BLOCK_ROWS
+    device: str = "auto"
+
+    def tensors(self, dev: torch.device):
+        cbs = [km.as_tensor(c, dev) for c in self.codebooks]
+        prs = [None if p is None else km.as_tensor(p, dev) for p in self.prices]
+        return cbs, prs
+
+
+@dataclass
+class LevelStats:
+    counts: np.ndarray  # (K,) int64
+    sums: np.ndarray  # (K, d) float64
+    sse: float  # sum of squared distances to the assigned centre (no prices)
+    rows: int
+
+    def __add__(self, other: "LevelStats") -> "LevelStats":
+        return LevelStats(self.counts + other.counts, self.sums + other.sums, self.sse + other.sse,
+                          self.rows + other.rows)
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        np.savez(buf, counts=self.counts, sums=self.sums, sse=np.array([self.sse]), rows=np.array([self.rows]))
+        return buf.getvalue()
+
+    @staticmethod
+    def from_bytes(blob: bytes) -> "LevelStats":
+        z = np.load(io.BytesIO(blob))
+        return LevelStats(z["counts"], z["sums"], float(z["sse"][0]), int(z["rows"][0]))
+
+
+def zero_copy_tensor(x: np.ndarray) -> torch.Tensor:
+    """A torch view of Arrow's (read-only) values buffer; the kernels never write to their input."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(x)
+
+
+def _batch_matrices(batches: Iterator[pa.RecordBatch], dim: int, dev: torch.device):
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        x = arrow_matrix(batch.column(batch.schema.get_field_index(VEC)), dim)
+        yield batch, zero_copy_tensor(x).to(dev)
+
+
+def level_stats(rows: DataFrame, state: QuantizerState, level_codebook: np.ndarray,
+                level_prices: Optional[np.ndarray], dim: int) -> LevelStats:
+    """One pass over `rows` (column _vec): residuals through the frozen levels of `state`, assignment of the
+    residual to `level_codebook`, and per-code counts and sums combined by a tree reduction."""
+    k = level_codebook.shape[0]
+
+    def partition(batches):
+        configure_torch_for_task()
+        dev = task_device(state.device)
+        cbs, prs = state.tensors(dev)
+        cb = km.as_tensor(level_codebook, dev)
+        pr = None if level_prices is None else km.as_tensor(level_prices, dev)
+        acc = LevelStats(np.zeros(k, np.int64), np.zeros((k, dim), np.float64), 0.0, 0)
+        for _, x in _batch_matrices(batches, dim, dev):
+            _, r = km.residual_encode(x, cbs, prs, state.block_rows)
+            codes, _ = km.assign(r, cb, pr, state.block_rows)
+            counts, sums = km.partial_stats(r, codes, k)
+            sse = float(((r - cb[codes]) ** 2).sum(dtype=torch.float64))
+            acc = acc + LevelStats(counts.cpu().numpy(), sums.cpu().numpy(), sse, x.shape[0])
+        yield pa.RecordBatch.from_arrays([pa.array([acc.to_bytes()], pa.binary())], ["stats"])
+
+    blobs = rows.select(VEC).mapInArrow(partition, T.StructType([T.StructField("stats", T.BinaryType())]))
+    return combine_stats(blobs, LevelStats(np.zeros(k, np.int64), np.zeros((k, dim), np.float64), 0.0, 0))
+
+
+def combine_stats(blobs: DataFrame, empty: LevelStats, tree_above: int = 32) -> LevelStats:
+    """Sum one K-sized blob per partition: collected directly for a few partitions, tree-reduced on the
+    executors beyond `tree_above` so the driver never holds more than a handful of K x d blocks."""
+    n_parts = blobs.rdd.getNumPartitions()
+    if n_parts == 0:
+        return empty
+    if n_parts <= tree_above:
+        total = empty
+        for row in blobs.collect():  # driver-ok: one K-sized blob per partition, <= tree_above of them
+            total = total + LevelStats.from_bytes(bytes(row[0]))
+        return total
+    return blobs.rdd.map(lambda r: LevelStats.from_bytes(bytes(r[0]))).treeReduce(lambda a, b: a + b, depth=2)
+
+
+def residual_rows(rows: DataFrame, state: QuantizerState, dim: int) -> DataFrame:
+    """Rows (all other columns kept) with _vec replaced by the residual left after the levels in `state`."""
+    schema = rows.schema
+
+    def partition(batches):
+        configure_torch_for_task()
+        dev = task_device(state.device)
+        cbs, prs = state.tensors(dev)
+        for batch, x in _batch_matrices(batches, dim, dev):
+            _, r = km.residual_encode(x, cbs, prs, state.block_rows)
+            from .vectors import matrix_to_list_array
+
+            cols = [matrix_to_list_array(r.cpu().numpy()) if name == VEC else batch.column(i)
+                    for i, name in enumerate(batch.schema.names)]
+            yield pa.RecordBatch.from_arrays(cols, schema=pa.schema(
+                [pa.field(VEC, pa.list_(pa.float32())) if f.name == VEC else f for f in batch.schema]))
+
+    return rows.mapInArrow(partition, schema)
+
+
+def encode_rows(rows: DataFrame, id_col: str, sid_col: str, state: QuantizerState, dim: int,
+                extra: Optional[Callable] = None) -> DataFrame:
+    """(id, _vec) rows -> (id, sid array<int>) with greedy (price-adjusted) residual assignment at every level."""
+    id_field = rows.schema[id_col]
+    out_schema = T.StructType([id_field, T.StructField(sid_col, T.ArrayType(T.IntegerType(), False), False)])
+    n_levels = len(state.codebooks)
+
+    def partition(batches):
+        configure_torch_for_task()
+        dev = task_device(state.device)
+        cbs, prs = state.tensors(dev)
+        for batch, x in _batch_matrices(batches, dim, dev):
+            codes, _ = km.residual_encode(x, cbs, prs, state.block_rows)
+            flat = codes.to(torch.int32).cpu().numpy().reshape(-1)
+            offsets = pa.array(np.arange(0, (x.shape[0] + 1) * n_levels, n_levels, dtype=np.int32))
+            sid = pa.ListArray.from_arrays(offsets, pa.array(flat, pa.int32()))
+            yield pa.RecordBatch.from_arrays([batch.column(batch.schema.get_field_index(id_col)), sid],
+                                             names=[id_col, sid_col])
+
+    return rows.select(id_col, VEC).mapInArrow(partition, out_schema)

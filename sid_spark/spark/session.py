@@ -1,0 +1,54 @@
+"""SparkSession construction with the classic traps handled: java missing, workers on another Python."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+from pyspark.sql import SparkSession
+
+
+class JavaMissingError(RuntimeError):
+    pass
+
+
+def check_java() -> None:
+    """Fail with one clear line when no Java 17+ is on PATH/JAVA_HOME (Spark 4 needs it)."""
+    java = os.path.join(os.environ["JAVA_HOME"], "bin", "java") if os.environ.get("JAVA_HOME") else shutil.which("java")
+    if not java or not os.path.exists(java):
+        raise JavaMissingError("java not found: Spark 4 needs Java 17 or newer (e.g. `apt-get install openjdk-17-jre-headless`"
+                               " or set JAVA_HOME)")
+    out = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+    for token in out.replace('"', " ").split():
+        head = token.split(".")[0]
+        if head.isdigit() and token[0].isdigit():
+            if int(head) < 17:
+                raise JavaMissingError(f"Java {token} found at {java}: Spark 4 needs Java 17 or newer")
+            return
+
+
+def get_session(master: str | None = "local[*]", app_name: str = "sid_spark", conf: dict | None = None) -> SparkSession:
+    """The session jobs and the demo use. Workers run this very interpreter unless PYSPARK_PYTHON says otherwise."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName(app_name)
+    if master and not os.environ.get("SID_SPARK_SUBMITTED"):
+        builder = builder.master(master)
+    defaults = {
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.execution.arrow.maxRecordsPerBatch": "16384",
+        "spark.sql.shuffle.partitions": "8",
+        "spark.ui.enabled": "false",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.driver.memory": os.environ.get("SID_SPARK_DRIVER_MEMORY", "4g"),
+    }
+    for key, value in {**defaults, **(conf or {})}.items():
+        builder = builder.config(key, value)
+    if not _is_active():
+        check_java()
+    return builder.getOrCreate()
+
+
+def _is_active() -> bool:
+    return SparkSession.getActiveSession() is not None

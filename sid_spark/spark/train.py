@@ -1,0 +1,133 @@
+"""Distributed residual mini-batch k-means: the driver keeps codebooks and K-sized counts, executors do the rows."""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import numpy as np
+import torch
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from ..config import TokenizerConfig
+from ..errors import InputError
+from ..kernels import kmeans as km
+from .prepare import HASH, VEC, Prepared
+from .runner import QuantizerState, level_stats
+
+log = logging.getLogger("sid_spark.train")
+
+UNIT = "_u"
+
+
+def hash_unit(col: str = HASH):
+    """The 64-bit item hash mapped to a uniform double in [0, 1)."""
+    return (F.shiftright(F.col(col), 11).cast("double") + float(2 ** 52)) / float(2 ** 53)
+
+
+@dataclass
+class TrainResult:
+    codebooks: List[np.ndarray]
+    prices: List[Optional[np.ndarray]]
+    n_items: int
+    n_sample: int
+    history: List[dict] = field(default_factory=list)
+
+
+def training_sample(prepared: Prepared, cfg: TokenizerConfig):
+    """Persisted rows to train on (chosen by id hash, so independent of partitioning) and the catalog size."""
+    n = prepared.valid.count()
+    if n == 0:
+        raise InputError("input has no valid rows to train on (see the rejects table)")
+    if n < cfg.codebook_size:
+        raise InputError(f"N < K: {n} valid items cannot fill codebook_size={cfg.codebook_size} codes; "
+                         f"lower codebook_size or add items")
+    frac = min(1.0, cfg.sample_size / n)
+    rows = prepared.valid.select(VEC, hash_unit().alias(UNIT))
+    if frac < 1.0:
+        rows = rows.where(F.col(UNIT) < F.lit(frac))
+    # Mini-batch b holds the sample rows whose hash falls in the b-th slice of [0, frac).
+    # Few fat partitions: every mini-batch iteration is one Spark job, and per-task overhead dominates small ones.
+    parts = max(1, min(rows.rdd.getNumPartitions(), prepared.valid.sparkSession.sparkContext.defaultParallelism))
+    sample = rows.withColumn(UNIT, F.col(UNIT) / F.lit(frac)).coalesce(parts).persist(StorageLevel.MEMORY_AND_DISK)
+    n_sample = sample.count()
+    if n_sample < cfg.codebook_size:
+        raise InputError(f"training sample of {n_sample} rows is smaller than codebook_size={cfg.codebook_size}; "
+                         f"raise sample_size")
+    return sample, n, n_sample
+
+
+def init_rows(sample: DataFrame, m: int, dim: int) -> np.ndarray:
+    """The m sample rows with the smallest hash: the k-means++ seeding set, (m, d) float32, m = init_factor*K."""
+    picked = sample.orderBy(UNIT).limit(m).select(VEC).collect()  # driver-ok: init_factor*K rows, O(K*d)
+    return np.asarray([r[0] for r in picked], dtype=np.float32).reshape(-1, dim)
+
+
+def train_level(sample: DataFrame, frozen: QuantizerState, init_x: np.ndarray, cfg: TokenizerConfig,
+                level: int, n_sample: int, dim: int, balancer=None):
+    """Fit the codebook of `level` on residuals of the frozen levels. Returns (codebook, prices, history)."""
+    k = cfg.codebook_size
+    rng = np.random.default_rng([cfg.seed, level])
+    cbs = [torch.from_numpy(c) for c in frozen.codebooks]
+    prs = [None if p is None else torch.from_numpy(p) for p in frozen.prices]
+    _, init_r = km.residual_encode(torch.from_numpy(init_x), cbs, prs, frozen.block_rows)
+    centroids = km.kmeans_pp(init_r, k, rng)
+    n_batches = max(1, math.ceil(n_sample / cfg.batch_size))
+    seen = torch.zeros(k, dtype=torch.int64)
+    prices = None if balancer is None else balancer.initial_prices(k)
+    history = []
+    for it in range(cfg.max_iter):
+        b = it % n_batches
+        rows = sample if n_batches == 1 else sample.where(
+            (F.col(UNIT) >= F.lit(b / n_batches)) & (F.col(UNIT) < F.lit((b + 1) / n_batches)))
+        st = level_stats(rows, frozen, centroids.numpy(), prices, dim)
+        counts = torch.from_numpy(st.counts)
+        sums = torch.from_numpy(st.sums)
+        if n_batches == 1:
+            new = km.lloyd_update(centroids, counts, sums)
+            dead = counts
+        else:
+            new, seen = km.sculley_update(centroids, seen, counts, sums)
+            dead = seen if it >= n_batches - 1 else torch.ones_like(seen)
+        new, _, n_split = km.split_empty(new, dead)
+        if balancer is not None:
+            prices = balancer.update_prices(prices, st.counts, st.rows)
+        shift = km.centroid_shift(centroids, new)
+        centroids = new
+        history.append({"level": level + 1, "iter": it + 1, "rows": st.rows, "mse": st.sse / max(st.rows, 1),
+                        "shift": shift, "split": n_split, "max_count": int(st.counts.max()),
+                        "min_count": int(st.counts.min())})
+        log.info("level %d/%d iter %d/%d rows=%d mse=%.6g shift=%.3g split=%d", level + 1, cfg.levels, it + 1,
+                 cfg.max_iter, st.rows, st.sse / max(st.rows, 1), shift, n_split)
+        if shift < cfg.tol and n_split == 0 and (n_batches == 1 or it >= n_batches):
+            break
+    return centroids.numpy(), prices, history
+
+
+def train_residual_kmeans(prepared: Prepared, cfg: TokenizerConfig, balancer_for=None,
+                          start: Optional[TrainResult] = None, on_level=None) -> TrainResult:
+    """Level after level: each level clusters what the frozen earlier levels leave (r = x - sum c_l[s_l]).
+
+    `balancer_for(level)` returns a price balancer or None; `start` resumes from already trained levels;
+    `on_level(result)` is called after every level (checkpointing).
+    """
+    sample, n, n_sample = training_sample(prepared, cfg)
+    try:
+        init_x = init_rows(sample, min(n_sample, cfg.init_factor * cfg.codebook_size), prepared.dim)
+        result = start or TrainResult([], [], n, n_sample)
+        result.n_items, result.n_sample = n, n_sample
+        for level in range(len(result.codebooks), cfg.levels):
+            frozen = QuantizerState(tuple(result.codebooks), tuple(result.prices), cfg.block_rows, cfg.device)
+            balancer = balancer_for(level) if balancer_for else None
+            cb, prices, hist = train_level(sample, frozen, init_x, cfg, level, n_sample, prepared.dim, balancer)
+            result.codebooks.append(cb)
+            result.prices.append(prices)
+            result.history.extend(hist)
+            if on_level is not None:
+                on_level(result)
+        return result
+    finally:
+        sample.unpersist()

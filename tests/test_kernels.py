@@ -1,0 +1,101 @@
+"""Layer 1: the torch kernels against plain numpy written here."""
+import numpy as np
+import torch
+
+from sid_spark.kernels import kmeans as km
+
+
+def numpy_assign(x, c):
+    d = ((x[:, None, :].astype(np.float64) - c[None, :, :]) ** 2).sum(-1)
+    return d.argmin(1), d.min(1)
+
+
+def numpy_lloyd_step(x, c):
+    codes, _ = numpy_assign(x, c)
+    out = c.astype(np.float64).copy()
+    for k in range(len(c)):
+        if (codes == k).any():
+            out[k] = x[codes == k].mean(0)
+    return out
+
+
+def test_assign_matches_numpy_and_is_block_independent(blobs):
+    rng = np.random.default_rng(1)
+    c = blobs[rng.choice(len(blobs), 16, replace=False)]
+    want, want_d = numpy_assign(blobs, c)
+    for block in (7, 64, 4096):
+        codes, dist = km.assign(torch.from_numpy(blobs), torch.from_numpy(c), block_rows=block)
+        np.testing.assert_array_equal(codes.numpy(), want)
+        np.testing.assert_allclose(dist.numpy(), want_d, rtol=1e-4, atol=1e-4)
+
+
+def test_same_row_same_code_whatever_its_batch(blobs):
+    c = torch.from_numpy(blobs[:32].copy())
+    x = torch.from_numpy(blobs)
+    full, _ = km.assign(x, c)
+    for start, stop in ((0, 1), (5, 9), (100, 1700)):
+        part, _ = km.assign(x[start:stop], c)
+        assert torch.equal(part, full[start:stop])
+
+
+def test_topk_sorted_and_prices_shift_choice():
+    x = torch.tensor([[0.0, 0.0]])
+    c = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]])
+    codes, dist = km.assign(x, c, topk=3)
+    assert codes.tolist() == [[0, 1, 2]]
+    np.testing.assert_allclose(dist.numpy(), [[1.0, 4.0, 9.0]])
+    priced, _ = km.assign(x, c, prices=torch.tensor([5.0, 0.0, 0.0]))
+    assert priced.tolist() == [1]
+
+
+def test_lloyd_update_matches_numpy_iteration(blobs):
+    rng = np.random.default_rng(2)
+    c = blobs[rng.choice(len(blobs), 8, replace=False)].copy()
+    x = torch.from_numpy(blobs)
+    codes, _ = km.assign(x, torch.from_numpy(c))
+    counts, sums = km.partial_stats(x, codes, 8)
+    new = km.lloyd_update(torch.from_numpy(c), counts, sums)
+    np.testing.assert_allclose(new.numpy(), numpy_lloyd_step(blobs, c), atol=1e-5)
+
+
+def test_partial_stats_split_and_summed_equal_whole(blobs):
+    x = torch.from_numpy(blobs)
+    codes = torch.from_numpy(np.arange(len(blobs)) % 5)
+    c_all, s_all = km.partial_stats(x, codes, 5)
+    c1, s1 = km.partial_stats(x[:1000], codes[:1000], 5)
+    c2, s2 = km.partial_stats(x[1000:], codes[1000:], 5)
+    assert torch.equal(c1 + c2, c_all)
+    np.testing.assert_allclose((s1 + s2).numpy(), s_all.numpy(), rtol=1e-12)
+
+
+def test_residual_encode_and_reconstruct(blobs):
+    x = torch.from_numpy(blobs)
+    cb1 = torch.from_numpy(blobs[:8].copy())
+    cb2 = torch.from_numpy((blobs[8:16] - blobs[:8]).copy() * 0.1)
+    codes, r = km.residual_encode(x, [cb1, cb2])
+    c1, _ = numpy_assign(blobs, blobs[:8])
+    np.testing.assert_array_equal(codes[:, 0].numpy(), c1)
+    r1 = blobs - blobs[:8][c1]
+    c2, _ = numpy_assign(r1, cb2.numpy())
+    np.testing.assert_array_equal(codes[:, 1].numpy(), c2)
+    np.testing.assert_allclose((x - km.reconstruct(codes, [cb1, cb2])).numpy(), r.numpy(), atol=1e-5)
+
+
+def test_kmeans_pp_is_seeded_and_spreads_over_blobs(blobs):
+    a = km.kmeans_pp(torch.from_numpy(blobs), 8, np.random.default_rng(3))
+    b = km.kmeans_pp(torch.from_numpy(blobs), 8, np.random.default_rng(3))
+    assert torch.equal(a, b)
+    codes, _ = numpy_assign(a.numpy(), blobs[::400])  # one seed per true blob
+    assert len(set(codes.tolist())) == 8
+
+
+def test_split_empty_reseeds_every_dead_code():
+    c = torch.tensor([[0.0, 0.0], [1.0, 1.0], [5.0, 5.0], [9.0, 9.0]])
+    counts = torch.tensor([0, 10, 0, 3])
+    new, n, n_split = km.split_empty(c, counts)
+    assert n_split == 2
+    assert (n > 0).all()
+    assert len({tuple(r) for r in new.tolist()}) == 4  # no two codes share a centre
+    # both dead codes come from the largest cluster (code 1, then one of its halves)
+    assert float((new[[0, 1, 2]] - c[1]).abs().max()) < 0.01
+    assert torch.equal(new[3], c[3])
