@@ -9,15 +9,15 @@ import argparse
 import json
 import logging
 import sys
-import time
 from typing import Callable, Dict, List, Optional
 
-from .config import ConfigError, TokenizerConfig, resolve
+from .config import ConfigError
 from .errors import SidSparkError
 
 log = logging.getLogger("sid_spark.cli")
 
 COMMANDS: Dict[str, Callable] = {}
+
 
 
 def command(name: str, help_text: str):
@@ -68,124 +68,20 @@ def session(args, app: str):
     return get_session(args.master, app_name=f"sid_spark-{app}")
 
 
-# ---- commands ----------------------------------------------------------------------------------------------
-@command("train", "train a residual k-means tokenizer and write the model artifact")
-@extra_args((["--resume"], {"action": "store_true", "help": "continue from the levels checkpointed in --model"}))
-def cmd_train(args) -> dict:
-    from .spark.io import read_input
-    from .spark.prepare import prepare
-    from .tokenizer import ResidualKMeansTokenizer
-
-    require(args, "input", "model")
-    settings = resolve(args.config, args.overrides)
-    spark = session(args, "train")
-    df = read_input(spark, args.input)
-    t0 = time.time()
-    tok = ResidualKMeansTokenizer(settings.tokenizer)
-    model = tok.fit_prepared(prepare(df, settings.tokenizer))
-    model.summary["train_seconds"] = time.time() - t0
-    model_id = model.save(args.model)
-    log.info("model %s written to %s (%.1fs)", model_id, args.model, model.summary["train_seconds"])
-    return {"model": args.model, "model_id": model_id, "train_seconds": model.summary["train_seconds"]}
-
-
-@command("encode", "encode a catalog with a trained model into a SID table")
-def cmd_encode(args) -> dict:
-    from .spark.io import read_input
-    from .tokenizer import ResidualKMeansModel
-
-    require(args, "input", "output", "model")
-    settings = resolve(args.config, args.overrides)
-    spark = session(args, "encode")
-    overrides = {k: v for k, v in settings.tokenizer.to_dict().items()
-                 if k in _explicit_keys(args)}
-    model = ResidualKMeansModel.load(args.model, **overrides)
-    df = read_input(spark, args.input)
-    return write_sids(spark, model, df, args.output)
-
-
-def _explicit_keys(args) -> set:
-    from .config import load_config_file, parse_overrides
-
-    return set(load_config_file(args.config)) | set(parse_overrides(args.overrides))
-
-
-def write_sids(spark, model, df, output: str) -> dict:
-    """Encode `df` and commit SIDs + rejects + manifest (with the accounting) atomically to `output`."""
-    from .spark.io import REJECTS, commit_output
-
-    t0 = time.time()
-    res = model.encode(df)
-
-    def write(staging: str) -> dict:
-        res.sids.write.parquet(staging)
-        res.rejects.write.parquet(f"{staging}/{REJECTS}")
-        n_sids = spark.read.parquet(staging).count()
-        n_rej = spark.read.parquet(f"{staging}/{REJECTS}").count()
-        n_in = df.count()
-        if n_in != n_sids + n_rej:
-            raise SidSparkError(f"accounting mismatch: read {n_in} items, encoded {n_sids}, rejected {n_rej}")
-        return {"kind": "sids", "model_id": model.model_id, "levels": model.levels,
-                "codebook_size": int(model.codebooks[0].shape[0]), "id_col": model.config.id_col,
-                "sid_col": model.config.sid_col, "items_read": n_in, "items_encoded": n_sids,
-                "items_rejected": n_rej, "encode_seconds": time.time() - t0}
-
-    from .spark.io import commit_output
-
-    manifest = commit_output(spark, output, write)
-    log.info("items read %d = encoded %d + rejected %d", manifest["items_read"], manifest["items_encoded"],
-             manifest["items_rejected"])
-    return manifest
-
-
-@command("demo", "generate a synthetic catalog, train, encode and print a quality summary")
-@extra_args((["--items"], {"type": int, "default": 200_000}), (["--dim"], {"type": int, "default": 128}))
-def cmd_demo(args) -> dict:
-    from .quality import collision_rate, level_summary, reconstruction_error
-    from .spark.prepare import prepare
-    from .synthetic import synthetic_catalog
-    from .tokenizer import ResidualKMeansModel, ResidualKMeansTokenizer
-
-    out = args.output or "demo_out"
-    settings = resolve(args.config, args.overrides)
-    cfg = settings.tokenizer
-    spark = session(args, "demo")
-    catalog_path = f"{out}/catalog"
-    log.info("generating %d x %d synthetic catalog -> %s", args.items, args.dim, catalog_path)
-    synthetic_catalog(spark, args.items, args.dim, seed=cfg.seed, id_col=cfg.id_col,
-                      vector_col=cfg.vector_col).write.mode("overwrite").parquet(catalog_path)
-    df = spark.read.parquet(catalog_path)
-    t0 = time.time()
-    model = ResidualKMeansTokenizer(cfg).fit(df)
-    train_s = time.time() - t0
-    model.save(f"{out}/model")
-    model = ResidualKMeansModel.load(f"{out}/model")
-    manifest = write_sids(spark, model, df, f"{out}/sids")
-    sids = spark.read.parquet(f"{out}/sids")
-    levels = level_summary(sids, cfg.sid_col, cfg.levels, cfg.codebook_size)
-    vectors = prepare(df, cfg, dim=model.dim).valid
-    summary = {"items": manifest["items_encoded"], "rejected": manifest["items_rejected"],
-               "train_seconds": round(train_s, 1), "encode_seconds": round(manifest["encode_seconds"], 1),
-               "levels": levels, "collision_rate": collision_rate(sids, cfg.sid_col),
-               "rel_reconstruction_error": reconstruction_error(sids, vectors, cfg.id_col, cfg.sid_col,
-                                                                model.codebooks, model.dim)}
-    print_summary(summary, cfg)
-    return summary
-
-
-def print_summary(summary: dict, cfg: TokenizerConfig) -> None:
-    print(f"\nSemantic IDs: {summary['items']} items, {cfg.levels} levels x {cfg.codebook_size} codes "
-          f"(rejected {summary['rejected']}; train {summary['train_seconds']}s, encode {summary['encode_seconds']}s)")
-    print(f"{'level':>5} {'codes used':>10} {'entropy (bits)':>15} {'largest':>8} {'smallest':>8}")
-    for lv in summary["levels"]:
-        print(f"{lv['level']:>5} {lv['codes_used']:>10} {lv['entropy_bits']:>15.3f} {lv['max_code_size']:>8} "
-              f"{lv['min_code_size']:>8}")
-    print(f"collision rate: {summary['collision_rate']:.4f}   "
-          f"relative reconstruction error: {summary['rel_reconstruction_error']:.4f}\n")
-
-
 # ---- entry point -------------------------------------------------------------------------------------------
+def load_commands() -> None:
+    """Every module of sid_spark.commands registers its subcommand with @command."""
+    import importlib
+    import pkgutil
+
+    from . import commands
+
+    for mod in sorted(m.name for m in pkgutil.iter_modules(commands.__path__)):
+        importlib.import_module(f"{commands.__name__}.{mod}")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    load_commands()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
