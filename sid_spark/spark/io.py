@@ -69,6 +69,7 @@ def commit_output(spark: SparkSession, output: str, write: Callable[[str], dict]
     parent = out_path.getParent()
     if parent is not None and not fs.exists(parent):
         fs.mkdirs(parent)
+    recover_output(spark, output)
     tag = uuid.uuid4().hex[:8]
     staging = f"{output.rstrip('/')}.__staging-{tag}" if parent is None else \
         parent.toString() + f"/.{out_path.getName()}.staging-{tag}"
@@ -87,6 +88,32 @@ def commit_output(spark: SparkSession, output: str, write: Callable[[str], dict]
     elif not fs.rename(st_path, out_path):
         raise IOError(f"could not commit {output}")
     return manifest
+
+
+def recover_output(spark: SparkSession, output: str) -> None:
+    """Undo what a job killed inside `commit_output` left behind, before the next one writes `output`.
+
+    Killed while writing: a hidden `.<name>.staging-<tag>` directory, deleted (never visible as output).
+    Killed between moving the previous output aside and renaming the new one in: `output` is missing and the
+    previous one sits in `.<name>.staging-<tag>.old`; it is renamed back. Killed after the commit, before the
+    clean-up: the `.old` directory is deleted.
+    """
+    out_path, fs = _jpath(spark, output)
+    parent = out_path.getParent()
+    if parent is None or not fs.exists(parent):
+        return
+    jvm = spark.sparkContext._jvm
+    pattern = jvm.org.apache.hadoop.fs.Path(parent, f".{out_path.getName()}.staging-*")
+    leftovers = sorted((st.getPath() for st in (fs.globStatus(pattern) or [])), key=lambda p: p.getName())
+    olds = [p for p in leftovers if p.getName().endswith(".old")]
+    if olds and not fs.exists(out_path):
+        newest = max(olds, key=lambda p: fs.getFileStatus(p).getModificationTime())
+        if not fs.rename(newest, out_path):
+            raise IOError(f"could not restore the previous {output} from {newest.toString()}")
+        olds.remove(newest)
+    for p in leftovers:
+        if fs.exists(p):
+            fs.delete(p, True)
 
 
 def read_manifest(spark: SparkSession, output: str) -> Optional[dict]:

@@ -13,6 +13,7 @@ from .vectors import float_array_column
 
 VEC = "_vec"
 HASH = "_h"
+FILE = "_file"
 
 # Reasons a row is rejected; the README's "Failure behaviour" table documents each.
 NULL_ID = "null_id"
@@ -20,6 +21,10 @@ NULL_VECTOR = "null_vector"
 EMPTY_VECTOR = "empty_vector"
 WRONG_DIMENSION = "wrong_dimension"
 NON_FINITE = "non_finite"
+NULL_ELEMENT = "null_element"
+# An all-zero vector is finite but carries no information: it is what a failed embedding call usually leaves
+# behind, and encoding it would pile every such item onto one SID. Rejected, not encoded.
+ZERO_VECTOR = "zero_vector"
 DUPLICATE_ID = "duplicate_id"
 CONFLICTING_DUPLICATE_ID = "conflicting_duplicate_id"
 
@@ -29,6 +34,7 @@ class Prepared:
     valid: DataFrame  # id_col, _vec array<float>, _h long
     rejects: DataFrame  # id_col, reason string
     dim: int
+    n_read: Optional[int] = None  # rows read from the input (items read = valid + rejected)
 
 
 def item_hash(id_col: str, seed: int, salt: int = 0):
@@ -40,22 +46,30 @@ def item_hash(id_col: str, seed: int, salt: int = 0):
 def prepare(df: DataFrame, cfg: TokenizerConfig, dim: Optional[int] = None) -> Prepared:
     """Split `df` into valid rows (id, float vector, hash) and rejected rows (id, reason).
 
-    dim=None (training) infers the dimension and stops on mixed dimensions; a given dim (encoding with a
-    model) rejects rows of another length instead.
+    Structural problems (missing column, wrong type, empty input, input files of different dimensions) raise
+    InputError after one aggregation pass, before any heavy work. dim=None (training) takes the input's
+    dimension; a given dim (encoding with a model) rejects rows of another length.
     """
     if cfg.id_col not in df.columns:
         raise InputError(f"id column '{cfg.id_col}' not found (columns: {', '.join(df.columns)})")
     vec = float_array_column(df, cfg.vector_col)
     rows = df.select(F.col(cfg.id_col), vec.alias(VEC))
+    n_read, input_dim = check_structure(df.select(vec.alias(VEC), F.input_file_name().alias(FILE)))
     if dim is None:
-        dim = infer_dimension(rows)
+        if input_dim is None:
+            raise InputError("input has no rows with a non-empty vector")
+        dim = input_dim
     size = F.size(VEC)
+    null_element = F.exists(F.col(VEC), lambda v: v.isNull())
     bad_value = F.exists(F.col(VEC), lambda v: F.isnan(v) | (F.abs(v) == F.lit(float("inf"))))
+    all_zero = F.forall(F.col(VEC), lambda v: v == F.lit(0.0))
     reason = (F.when(F.col(cfg.id_col).isNull(), F.lit(NULL_ID))
               .when(F.col(VEC).isNull(), F.lit(NULL_VECTOR))
               .when(size == 0, F.lit(EMPTY_VECTOR))
               .when(size != F.lit(dim), F.lit(WRONG_DIMENSION))
-              .when(bad_value, F.lit(NON_FINITE)))
+              .when(null_element, F.lit(NULL_ELEMENT))
+              .when(bad_value, F.lit(NON_FINITE))
+              .when(all_zero, F.lit(ZERO_VECTOR)))
     checked = rows.withColumn("reason", reason)
     row_rejects = checked.where(F.col("reason").isNotNull()).select(cfg.id_col, "reason")
     clean = checked.where(F.col("reason").isNull()).drop("reason")
@@ -73,7 +87,33 @@ def prepare(df: DataFrame, cfg: TokenizerConfig, dim: Optional[int] = None) -> P
         cfg.id_col,
         F.explode(F.when(same, F.array_repeat(F.lit(DUPLICATE_ID), (F.col("_n") - 1).cast("int")))
                   .otherwise(F.array_repeat(F.lit(CONFLICTING_DUPLICATE_ID), F.col("_n").cast("int")))).alias("reason"))
-    return Prepared(valid=valid, rejects=row_rejects.unionByName(dup_rejects), dim=dim)
+    return Prepared(valid=valid, rejects=row_rejects.unionByName(dup_rejects), dim=dim, n_read=n_read)
+
+
+def check_structure(rows: DataFrame) -> tuple:
+    """One aggregation pass over (_vec, _file): (rows read, input dimension or None), or a structural error.
+
+    A file's dimension is its most common non-empty vector length (ties to the shorter); rows of another length
+    in it are row-level rejects, but two files of different dimensions stop the job. A DataFrame that was not
+    read from files counts as one file.
+    """
+    length = F.size(VEC)
+    per_length = rows.groupBy(FILE, length.alias("_len")).count()
+    usable = F.col("_len") > 0
+    per_file = per_length.groupBy(FILE).agg(
+        F.sum("count").alias("_rows"),
+        F.max_by(F.when(usable, F.col("_len")), F.when(usable, F.struct(F.col("count"), -F.col("_len")))).alias("_dim"))
+    stats = per_file.agg(F.sum("_rows").alias("n"), F.min("_dim").alias("lo"), F.max("_dim").alias("hi"),
+                         F.min_by(FILE, "_dim").alias("lo_file"),
+                         F.max_by(FILE, "_dim").alias("hi_file")).first()  # driver-ok: one row
+    n = 0 if stats is None or stats["n"] is None else int(stats["n"])
+    if n == 0:
+        raise InputError("input is empty: 0 rows read")
+    if stats["lo"] is not None and stats["lo"] != stats["hi"]:
+        raise InputError(f"input mixes vector dimensions: {stats['lo_file'] or 'a file'} holds {stats['lo']}-d "
+                         f"vectors, {stats['hi_file'] or 'another'} holds {stats['hi']}-d; one input must have one "
+                         f"dimension")
+    return n, None if stats["lo"] is None else int(stats["lo"])
 
 
 def infer_dimension(rows: DataFrame) -> int:
