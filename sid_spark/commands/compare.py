@@ -1,0 +1,58 @@
+"""`sid-spark compare`: every encoder and residual k-means on one catalog -> comparison.md / .html / .json."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from ..cli import command, extra_args, require, session
+from ..config import parse_value, resolve
+
+log = logging.getLogger("sid_spark.cli")
+
+
+def split_encoder_overrides(pairs):
+    """`--set rqvae.epochs=5` goes to one encoder, every other `--set` to the tokenizer config."""
+    from ..compare import DEFAULT_SPECS
+
+    per: dict = {}
+    rest = []
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        name, dot, sub = key.strip().partition(".")
+        if sep and dot and name in DEFAULT_SPECS:
+            per.setdefault(name, {})[sub] = parse_value(value)
+        else:
+            rest.append(pair)
+    return per, rest
+
+
+@command("compare", "run every encoder + residual k-means on one catalog and write the comparison table")
+@extra_args((["--interactions"], {"help": "Parquet path or table of user sequences (user_id, item_ids) for HitRate"}),
+            (["--encoders"], {"default": "all", "help": "comma-separated encoder names, or all"}),
+            (["--epochs"], {"type": int, "default": None, "help": "epochs of the neural encoders"}))
+def cmd_compare(args) -> dict:
+    from ..compare import parse_encoders, run_comparison, to_html, to_markdown
+    from ..spark.io import commit_output, read_input, write_text
+
+    require(args, "input", "output")
+    per_encoder, rest = split_encoder_overrides(args.overrides)
+    settings = resolve(args.config, rest)
+    names = parse_encoders(args.encoders)
+    spark = session(args, "compare")
+    df = read_input(spark, args.input)
+    inter = read_input(spark, args.interactions) if args.interactions else None
+    t0 = time.time()
+    rows = run_comparison(spark, df, settings.tokenizer, names, inter, per_encoder, args.epochs)
+
+    def write(staging: str) -> dict:
+        write_text(spark, f"{staging}/comparison.md", to_markdown(rows))
+        write_text(spark, f"{staging}/comparison.html", to_html(rows))
+        write_text(spark, f"{staging}/comparison.json",
+                   json.dumps([r.__dict__ for r in rows], indent=2, sort_keys=True, default=str))
+        return {"kind": "comparison", "encoders": names, "input": args.input, "interactions": args.interactions,
+                "seconds": time.time() - t0, "failed": [r.name for r in rows if r.error]}
+
+    manifest = commit_output(spark, args.output, write)
+    print(to_markdown(rows))
+    return manifest
