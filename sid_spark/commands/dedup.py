@@ -1,0 +1,94 @@
+"""`sid-spark dedup`: make the SIDs of an encoded table unique (suffix | reassign), committed atomically.
+
+Also the dedup-aware half of `sid-spark encode` (a dedup mode other than none, or `--existing`)."""
+from __future__ import annotations
+
+import logging
+import time
+
+from ..cli import command, extra_args, require, session
+from ..config import ConfigError, resolve
+
+log = logging.getLogger("sid_spark.cli")
+
+DEDUP_ARGS = (
+    (["--alternatives"], {"type": int, "default": 64,
+                          "help": "reassign: nearest alternative last-level codes tried per item (default 64)"}),
+    (["--max-rounds"], {"type": int, "default": 100,
+                        "help": "reassign: most rounds before the rest gets a suffix (default 100)"}),
+)
+
+
+@command("dedup", "make every SID of an encoded table unique: suffix (TIGER) or reassign (FORGE)")
+@extra_args((["--sids"], {"help": "SID table written by `sid-spark encode` (dedup=none) with this --model"}),
+            *DEDUP_ARGS)
+def cmd_dedup(args) -> dict:
+    from ..spark.dedup import check_same_model, dedup_sids, fingerprints, write_sid_table
+    from ..spark.io import read_input, read_manifest
+    from ..spark.prepare import prepare
+    from ..tokenizer import ResidualKMeansModel
+    from .encode import _explicit_keys
+
+    require(args, "input", "sids", "output", "model")
+    settings = resolve(args.config, args.overrides)
+    overrides = {k: v for k, v in settings.tokenizer.to_dict().items() if k in _explicit_keys(args)}
+    model = ResidualKMeansModel.load(args.model, **overrides)
+    cfg = model.config
+    if cfg.dedup == "none":
+        raise ConfigError("config key 'dedup' is 'none': set it to suffix or reassign (--set dedup=suffix)")
+    spark = session(args, "dedup")
+    check_same_model(read_manifest(spark, args.sids), model, f"SID table {args.sids!r}")
+    sids = read_input(spark, args.sids)
+    vectors = prepare(read_input(spark, args.input), cfg, dim=model.dim).valid
+    res = dedup_sids(sids, vectors, model, alternatives=args.alternatives, max_rounds=args.max_rounds)
+    report = res.report()
+    log.info("dedup=%s: %d items, %d moved, %d suffixed, largest suffix %d, rounds %d, rel. error %.5f -> %.5f",
+             res.mode, report["items_resolved"], report["items_moved"], report["items_suffixed"],
+             report["largest_suffix"], report["rounds"], report["rel_error_before"], report["rel_error_after"])
+    report["source_sids"] = args.sids
+    return write_sid_table(spark, args.output, model, res.sids, report, fps=fingerprints(vectors, cfg.id_col)
+                           .join(sids.select(cfg.id_col), on=cfg.id_col, how="left_semi"))
+
+
+def encode_with_dedup(spark, model, df, args) -> dict:
+    """`sid-spark encode` when the model's dedup mode is not none or `--existing` is given."""
+    from pyspark.sql import functions as F
+
+    from ..spark.dedup import (FINGERPRINTS, encode_incremental, fingerprints, resolve_collisions,
+                               write_sid_table)
+    from ..spark.io import _fs_exists, read_input, read_manifest
+    from ..spark.prepare import prepare
+
+    cfg = model.config
+    alternatives = getattr(args, "alternatives", 64)
+    max_rounds = getattr(args, "max_rounds", 100)
+    t0 = time.time()
+    n_in = df.count()
+    if getattr(args, "existing", None):
+        existing = read_input(spark, args.existing)
+        fp_path = args.existing.rstrip("/") + "/" + FINGERPRINTS
+        fps = spark.read.parquet(fp_path) if _fs_exists(spark, fp_path) else None
+        inc = encode_incremental(model, df, existing, read_manifest(spark, args.existing), fps,
+                                 alternatives=alternatives, max_rounds=max_rounds)
+        res, rejects, fps_out = inc.result, inc.rejects, inc.fingerprints
+        report = res.report()
+        report.update({"existing": args.existing, "items_existing": existing.count(),
+                       "changed_vector_checked": inc.changed_checked})
+        if res.detail is None:
+            report["items_resolved"] = res.sids.count() - report["items_existing"]
+    else:
+        enc = model.encode(df)
+        vectors = prepare(df, cfg, dim=model.dim).valid
+        items = enc.sids.join(vectors.select(cfg.id_col, F.col("_vec"), F.col("_h")), on=cfg.id_col)
+        res = resolve_collisions(items, model, cfg.dedup, cfg.sid_capacity, alternatives=alternatives,
+                                 max_rounds=max_rounds)
+        rejects, fps_out = enc.rejects, fingerprints(vectors, cfg.id_col)
+        report = res.report()
+        report["items_existing"] = 0
+    report.update({"items_read": n_in, "items_encoded": report["items_resolved"],
+                   "encode_seconds": time.time() - t0})
+    manifest = write_sid_table(spark, args.output, model, res.sids, report, rejects, fps_out)
+    log.info("items read %d = new %d + rejected %d + already present %d; table holds %d", n_in,
+             manifest["items_encoded"], manifest["items_rejected"], manifest["items_already_present"],
+             manifest["items"])
+    return manifest
