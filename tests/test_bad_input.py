@@ -22,7 +22,7 @@ from sid_spark.spark.prepare import prepare
 D = 6
 SCHEMA = T.StructType([T.StructField("item_id", T.LongType()),
                        T.StructField("embedding", T.ArrayType(T.FloatType()))])
-CONF = "levels: 2\ncodebook_size: 4\nbalance: none\nmax_iter: 3\nseed: 5\n"
+CONF = "levels: 2\ncodebook_size: 4\nbalance: none\nmax_iter: 2\nseed: 5\n"
 
 
 def good_vectors():
