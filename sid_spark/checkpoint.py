@@ -7,6 +7,7 @@ model swaps the whole <model> directory in, which removes the checkpoints with i
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import shutil
@@ -24,6 +25,7 @@ log = logging.getLogger("sid_spark.checkpoint")
 
 CHECKPOINTS = "_checkpoints"
 KIND = "train_checkpoint"
+_CORE = ("codebooks", "prices", "n_items", "n_sample", "history")
 _LEVEL_DIR = re.compile(r"^level_(\d+)$")
 # Keys that do not change the codebooks of the levels already trained: a resumed run may differ in these.
 _FREE_KEYS = ("levels", "balance", "device", "sid_col", "dedup", "sid_capacity", "arrow_batch_rows")
@@ -40,7 +42,8 @@ def write_level(model_path: str, result: TrainResult, cfg: TokenizerConfig, n_re
     arrays.update({f"prices_{i}": np.ascontiguousarray(p) for i, p in enumerate(result.prices) if p is not None})
     meta = {"levels_done": done, "dimension": int(result.codebooks[0].shape[1]), "seed": cfg.seed,
             "n_read": n_read}
-    state = {"n_items": result.n_items, "n_sample": result.n_sample, "history": result.history}
+    state = {"n_items": result.n_items, "n_sample": result.n_sample, "history": result.history,
+             "extra": {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name not in _CORE}}
     path = checkpoint_root(model_path) / f"level_{done}"
     artifact.write_artifact(path, KIND, arrays, meta, {"config.json": cfg.to_dict(), "state.json": state})
     log.info("checkpoint: %d level(s) written to %s", done, path)
@@ -68,10 +71,16 @@ def latest(model_path: str, cfg: TokenizerConfig, dim: int, n_read: Optional[int
         done = min(int(manifest["levels_done"]), cfg.levels)
         state = docs.get("state.json", {})
         history = [h for h in state.get("history", []) if h.get("level", 0) <= done]
-        return TrainResult(codebooks=[arrays[f"codebook_{i}"] for i in range(done)],
-                           prices=[arrays.get(f"prices_{i}") for i in range(done)],
-                           n_items=int(state.get("n_items", 0)), n_sample=int(state.get("n_sample", 0)),
-                           history=history)
+        result = TrainResult(codebooks=[arrays[f"codebook_{i}"] for i in range(done)],
+                             prices=[arrays.get(f"prices_{i}") for i in range(done)],
+                             n_items=int(state.get("n_items", 0)), n_sample=int(state.get("n_sample", 0)),
+                             history=history)
+        # Other per-level lists of TrainResult (e.g. each balanced level's final eps) round-trip as JSON.
+        for f in dataclasses.fields(result):
+            value = state.get("extra", {}).get(f.name)
+            if f.name not in _CORE and isinstance(value, list):
+                setattr(result, f.name, value[:done])
+        return result
     return None
 
 

@@ -17,6 +17,8 @@ def read_input(spark: SparkSession, source: str) -> DataFrame:
     """A Parquet path (file or directory, any Hadoop filesystem) or a catalog table name."""
     if _looks_like_path(source):
         if not _fs_exists(spark, source):
+            recover_output(spark, source)  # a writer killed between its two renames: put the previous one back
+        if not _fs_exists(spark, source):
             raise InputError(f"input {source!r} does not exist")
         return spark.read.parquet(source)
     try:
@@ -73,10 +75,14 @@ def commit_output(spark: SparkSession, output: str, write: Callable[[str], dict]
     tag = uuid.uuid4().hex[:8]
     staging = f"{output.rstrip('/')}.__staging-{tag}" if parent is None else \
         parent.toString() + f"/.{out_path.getName()}.staging-{tag}"
-    manifest = write(staging)
-    write_text(spark, staging + "/" + MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str))
     jvm = spark.sparkContext._jvm
     st_path = jvm.org.apache.hadoop.fs.Path(staging)
+    try:
+        manifest = write(staging)
+        write_text(spark, staging + "/" + MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str))
+    except BaseException:
+        fs.delete(st_path, True)  # a failed write leaves nothing behind; a killed one is cleaned by recover_output
+        raise
     if fs.exists(out_path):
         old = jvm.org.apache.hadoop.fs.Path(staging + ".old")
         if not fs.rename(out_path, old):
