@@ -1,6 +1,7 @@
 """`sid-spark demo`: the README's end-to-end run on a generated catalog."""
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -14,8 +15,9 @@ log = logging.getLogger("sid_spark.cli")
 @command("demo", "generate a synthetic catalog, train, encode and print a quality summary")
 @extra_args((["--items"], {"type": int, "default": 200_000}), (["--dim"], {"type": int, "default": 128}))
 def cmd_demo(args) -> dict:
-    from ..quality import collision_rate, level_summary, reconstruction_error
-    from ..spark.prepare import prepare
+    from ..metrics import evaluate_full
+    from ..report import render
+    from ..spark.io import write_text
     from ..synthetic import synthetic_catalog
     from ..tokenizer import ResidualKMeansModel, ResidualKMeansTokenizer
 
@@ -35,13 +37,15 @@ def cmd_demo(args) -> dict:
     model = ResidualKMeansModel.load(f"{out}/model")
     manifest = write_sids(spark, model, df, f"{out}/sids")
     sids = spark.read.parquet(f"{out}/sids")
-    levels = level_summary(sids, cfg.sid_col, cfg.levels, cfg.codebook_size)
-    vectors = prepare(df, cfg, dim=model.dim).valid
+    ev = evaluate_full(spark, sids, sid_col=cfg.sid_col, id_col=cfg.id_col, codebook_size=cfg.codebook_size,
+                       embeddings_df=df, vector_col=cfg.vector_col, codebooks=model.codebooks, seed=cfg.seed)
+    write_text(spark, f"{out}/metrics.json", json.dumps(ev.metrics, indent=2, sort_keys=True, default=str))
+    write_text(spark, f"{out}/report.html", render(ev.metrics, ev.code_counts, title="sid-spark demo"))
+    log.info("quality report -> %s/report.html", out)
     summary = {"items": manifest["items_encoded"], "rejected": manifest["items_rejected"],
                "train_seconds": round(train_s, 1), "encode_seconds": round(manifest["encode_seconds"], 1),
-               "levels": levels, "collision_rate": collision_rate(sids, cfg.sid_col),
-               "rel_reconstruction_error": reconstruction_error(sids, vectors, cfg.id_col, cfg.sid_col,
-                                                                model.codebooks, model.dim)}
+               "levels": ev.metrics["levels"], "collision_rate": ev.metrics["collision_rate"],
+               "rel_reconstruction_error": ev.metrics["rel_mse"], "report": f"{out}/report.html"}
     print_summary(summary, cfg)
     return summary
 
