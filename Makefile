@@ -8,8 +8,12 @@ PY     := $(abspath $(VENV))/bin/python
 # Spark workers must run the venv's interpreter, not whatever python3 is on PATH.
 export PYSPARK_PYTHON := $(PY)
 export PYSPARK_DRIVER_PYTHON := $(PY)
+# Airflow (for the DAG test) in its own venv: its pins must not move the project's.
+AIRFLOW_VENV  ?= .venv-airflow
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed-$(shell cat constraints-airflow.txt | cksum | cut -d' ' -f1)
 
 .PHONY: demo test install check-java bench clean
+.PHONY: airflow dist
 
 install: $(STAMP)
 
@@ -28,7 +32,7 @@ $(STAMP): setup.cfg constraints.txt | check-java
 demo: $(STAMP)
 	$(VENV)/bin/sid-spark demo --output demo_out $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) $(AIRFLOW_STAMP)
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 bench: $(STAMP)
@@ -37,3 +41,17 @@ bench: $(STAMP)
 
 clean:
 	rm -rf demo_out .pytest_cache build *.egg-info
+
+airflow: $(AIRFLOW_STAMP)
+
+$(AIRFLOW_STAMP): constraints-airflow.txt
+	@[ -x "$(AIRFLOW_VENV)/bin/python" ] || $(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip install -q --upgrade pip
+	$(AIRFLOW_VENV)/bin/python -m pip install -q -c constraints-airflow.txt apache-airflow apache-airflow-providers-apache-spark
+	rm -f $(AIRFLOW_VENV)/.installed-*; touch $@
+
+# The package as operators ship it: dist/sid_spark-<version>.whl, and the same archive as dist/sid_spark.zip
+# for `spark-submit --py-files` (Spark puts only .zip/.egg/.jar py-files on the executors' sys.path).
+dist: $(STAMP)
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w dist .
+	cp "$$(ls -t dist/sid_spark-*.whl | head -n1)" dist/sid_spark.zip

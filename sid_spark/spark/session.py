@@ -43,6 +43,14 @@ def get_session(master: str | None = "local[*]", app_name: str = "sid_spark", co
         "spark.sql.session.timeZone": "UTC",
         "spark.driver.memory": os.environ.get("SID_SPARK_DRIVER_MEMORY", "4g"),
     }
+    if os.environ.get("SID_SPARK_SUBMITTED") and os.environ.get("PYSPARK_GATEWAY_PORT"):
+        # Under spark-submit (its JVM is up) a builder option would override the operator's --properties-file /
+        # --conf: our defaults only fill the keys they left unset.
+        from pyspark import SparkConf, SparkContext
+
+        SparkContext._ensure_initialized()
+        given = SparkConf()
+        defaults = {k: v for k, v in defaults.items() if not given.contains(k)}
     for key, value in {**defaults, **(conf or {})}.items():
         builder = builder.config(key, value)
     if not _is_active():

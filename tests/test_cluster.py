@@ -1,0 +1,150 @@
+"""The pipeline on a real Spark standalone cluster (a master and two 1-core workers on 127.0.0.1), submitted the
+way operators submit it: `spark-submit --properties-file conf/spark/<profile>.conf --py-files dist/sid_spark.zip
+jobs/<step>.py --config conf/<step>.yaml`. What local mode hides and these tests catch: code not shipped to the
+executors, executors on another Python, job settings that ignore the Spark profile, state kept in driver globals
+(the SIDs must equal the local-mode SIDs), exit codes a scheduler cannot act on.
+"""
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from chispa import assert_df_equality
+
+from sid_spark import ResidualKMeansModel, ResidualKMeansTokenizer
+from sid_spark.config import resolve
+from tests.cluster import build_wheel, spark_cluster  # noqa: F401  (spark_cluster is a fixture)
+
+pytestmark = pytest.mark.cluster
+
+ROOT = Path(__file__).resolve().parents[1]
+# Tiny but not trivial: mini-batches smaller than the sample, three input files, two levels.
+OVERRIDES = ["levels=2", "codebook_size=8", "seed=11", "balance=none", "max_iter=3", "batch_size=700",
+             "init_factor=20", "block_rows=256"]
+PROFILE_BATCH_ROWS = "10000"  # spark.sql.execution.arrow.maxRecordsPerBatch in conf/spark/local.conf
+
+PROBE = '''
+import json, os, sys
+os.environ.setdefault("SID_SPARK_SUBMITTED", "1")
+import sid_spark
+from sid_spark.spark.session import get_session
+
+spark = get_session(app_name="sid_spark-probe")
+
+def where(_):
+    import os, sys
+    import sid_spark
+    from pyspark import TaskContext
+    yield (sys.executable, os.path.abspath(sid_spark.__file__), TaskContext.get().partitionId())
+
+rows = spark.sparkContext.parallelize(range(8), 8).mapPartitions(where).collect()
+print("PROBE " + json.dumps({
+    "driver_python": sys.executable, "driver_file": sid_spark.__file__, "executors": rows,
+    "batch_rows": spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch"),
+    "master": spark.sparkContext.master}))
+spark.stop()
+'''
+
+
+def blob_catalog(path: Path, n_per_blob: int = 250, blobs: int = 8, dim: int = 8, files: int = 3) -> Path:
+    """Clustered float32 vectors with int32 ids (the shape of the real catalogs), split over `files` files."""
+    rng = np.random.default_rng(5)
+    centers = rng.standard_normal((blobs, dim)) * 4
+    x = np.concatenate([c + 0.5 * rng.standard_normal((n_per_blob, dim)) for c in centers]).astype(np.float32)
+    ids = rng.permutation(len(x)).astype(np.int32)
+    path.mkdir(parents=True)
+    for i, part in enumerate(np.array_split(np.arange(len(x)), files)):
+        table = pa.table({"item_id": pa.array(ids[part], pa.int32()),
+                          "embedding": pa.array(list(x[part]), pa.list_(pa.float32()))})
+        pq.write_table(table, path / f"part-{i}.parquet")
+    return path
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory) -> Path:
+    """The package as operators ship it: the wheel, as a .zip (Spark puts only .zip/.egg/.jar py-files on the
+    executors' sys.path; a wheel is a zip archive)."""
+    d = tmp_path_factory.mktemp("dist")
+    wheel = build_wheel(d)
+    return Path(shutil.copy(wheel, d / "sid_spark.zip"))
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory) -> Path:
+    return blob_catalog(tmp_path_factory.mktemp("catalog") / "items")
+
+
+def submit(cluster, shipped, job: str, *args: str, name: str):
+    return cluster.submit(["--properties-file", "conf/spark/local.conf", "--py-files", str(shipped),
+                           str(ROOT / "jobs" / job), *args], cwd=ROOT, timeout=240, name=name)
+
+
+def check(proc, cluster) -> None:
+    assert proc.returncode == 0, f"{proc.args}\nrc={proc.returncode}\n{proc.stderr[-6000:]}\n{cluster.logs(15)}"
+
+
+def test_executors_import_the_shipped_package_with_the_venv_python_and_the_profile_applies(
+        spark_cluster, shipped, tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE)
+    proc = spark_cluster.submit(["--properties-file", "conf/spark/local.conf", "--py-files", str(shipped),
+                                 str(probe)], cwd=ROOT, timeout=180, name="probe",
+                                wait_for_executors=True)
+    check(proc, spark_cluster)
+    report = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("PROBE "))[6:])
+    assert report["master"] == spark_cluster.url
+    # The command line's --conf spark.master wins over the profile's; the profile's Arrow batch size wins over
+    # the job's built-in default (16384).
+    assert report["batch_rows"] == PROFILE_BATCH_ROWS
+    assert report["driver_python"] == sys.executable
+    assert report["driver_file"].startswith(str(shipped)), report["driver_file"]
+    files = {f for _, f, _ in report["executors"]}
+    assert {p for p, _, _ in report["executors"]} == {sys.executable}
+    assert len(report["executors"]) == 8
+    # Each executor imported sid_spark from its own copy of the zip in its worker's work dir, not the checkout.
+    assert all("sid_spark.zip" in f and str(ROOT / "sid_spark") not in f for f in files), files
+    assert {f.split("/worker-")[1].split("/")[0] for f in files} == {"0", "1"}, files
+
+
+def test_train_and_encode_on_the_cluster_equal_local_mode(spark_cluster, shipped, catalog, spark, tmp_path):
+    model_dir, sids_dir = tmp_path / "model", tmp_path / "sids"
+    sets = [a for o in OVERRIDES for a in ("--set", o)]
+    train = submit(spark_cluster, shipped, "train.py", "--config", "conf/train.yaml", *sets,
+                   "--input", str(catalog), "--model", str(model_dir), name="train")
+    check(train, spark_cluster)
+    log = train.stdout + train.stderr
+    # A long job says where it is: level and iteration, in the driver log.
+    assert "level 1/2 iter 1/3" in log and "level 2/2 iter" in log
+    encode = submit(spark_cluster, shipped, "encode.py", "--config", "conf/encode.yaml", "--input", str(catalog),
+                    "--model", str(model_dir), "--output", str(sids_dir), name="encode")
+    check(encode, spark_cluster)
+    manifest = json.loads((sids_dir / "_manifest.json").read_text())
+    assert (manifest["items_read"], manifest["items_encoded"], manifest["items_rejected"]) == (2000, 2000, 0)
+
+    # Local mode, in-process, same config: the reference.
+    cfg = resolve(str(ROOT / "conf" / "train.yaml"), OVERRIDES).tokenizer
+    df = spark.read.parquet(str(catalog))
+    local = ResidualKMeansTokenizer(cfg).fit(df)
+    remote = ResidualKMeansModel.load(str(model_dir))
+    for a, b in zip(local.codebooks, remote.codebooks):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    want = local.encode(df).sids.select("item_id", "sid")
+    got = spark.read.parquet(str(sids_dir)).select("item_id", "sid")
+    assert_df_equality(got, want, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_a_failed_job_exits_non_zero_with_one_line_reason(spark_cluster, shipped, tmp_path):
+    proc = submit(spark_cluster, shipped, "encode.py", "--config", "conf/encode.yaml",
+                  "--input", str(tmp_path / "missing"), "--model", str(tmp_path / "no-model"),
+                  "--output", str(tmp_path / "out"), name="failing")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    # spark-submit merges the Python driver's stderr into its stdout (PythonRunner); Airflow's SparkSubmitHook
+    # reads both, so the one line lands in the task log either way.
+    reasons = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("sid-spark encode:")]
+    assert len(reasons) == 1, proc.stdout[-3000:]
+    assert reasons[0].startswith("sid-spark encode: error:") and "no-model" in reasons[0]
+    assert not (tmp_path / "out").exists()
