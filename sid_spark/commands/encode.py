@@ -4,14 +4,18 @@ from __future__ import annotations
 import logging
 import time
 
-from ..cli import command, require, session
+from ..cli import command, extra_args, require, session
 from ..config import resolve
 from ..errors import SidSparkError
+from .dedup import DEDUP_ARGS
 
 log = logging.getLogger("sid_spark.cli")
 
 
 @command("encode", "encode a catalog with a trained model into a SID table")
+@extra_args((["--existing"], {"help": "SID table of this model to extend: only ids not in it are encoded, its rows "
+                                      "are kept as they are (the output is the complete table)"}),
+            *DEDUP_ARGS)
 def cmd_encode(args) -> dict:
     from ..spark.io import read_input
     from ..tokenizer import ResidualKMeansModel
@@ -23,6 +27,10 @@ def cmd_encode(args) -> dict:
                  if k in _explicit_keys(args)}
     model = ResidualKMeansModel.load(args.model, **overrides)
     df = read_input(spark, args.input)
+    if getattr(args, "existing", None) or model.config.dedup != "none":
+        from .dedup import encode_with_dedup  # unique SIDs / incremental encoding (issue 4)
+
+        return encode_with_dedup(spark, model, df, args)
     return write_sids(spark, model, df, args.output)
 
 
@@ -42,6 +50,7 @@ def write_sids(spark, model, df, output: str) -> dict:
     def write(staging: str) -> dict:
         res.sids.write.parquet(staging)
         res.rejects.write.parquet(f"{staging}/{REJECTS}")
+        _write_fingerprints(model, df, staging)
         n_sids = spark.read.parquet(staging).count()
         n_rej = spark.read.parquet(f"{staging}/{REJECTS}").count()
         n_in = df.count()
@@ -56,3 +65,12 @@ def write_sids(spark, model, df, output: str) -> dict:
     log.info("items read %d = encoded %d + rejected %d", manifest["items_read"], manifest["items_encoded"],
              manifest["items_rejected"])
     return manifest
+
+
+def _write_fingerprints(model, df, staging: str) -> None:
+    """(id, vector hash) beside the SIDs, so `encode --existing` can report ids whose vector changed."""
+    from ..spark.dedup import FINGERPRINTS, fingerprints
+    from ..spark.prepare import prepare
+
+    valid = prepare(df, model.config, dim=model.dim).valid
+    fingerprints(valid, model.config.id_col).write.parquet(f"{staging}/{FINGERPRINTS}")

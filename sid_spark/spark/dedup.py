@@ -116,7 +116,7 @@ def _alternative_rows(pending: DataFrame, codebooks, id_col: str, sid_col: str, 
     """(id, sid, _h, _vec) -> one row per alternative: (id, _h, _rank, _t target sid, _alt_d), nearest first."""
     levels = len(codebooks)
     id_field = pending.schema[id_col]
-    schema = T.StructType([id_field, pending.schema[sid_col], T.StructField(HASH, T.LongType()),
+    schema = T.StructType([id_field, pending.schema[sid_col], pending.schema[HASH],
                            T.StructField(RANK, T.IntegerType(), False), T.StructField(CODE, T.IntegerType(), False),
                            T.StructField(ALT_D, T.DoubleType(), False)])
 
@@ -266,19 +266,21 @@ def check_same_model(manifest: Optional[dict], model, what: str) -> None:
                             f"{model.model_id!r}: its SIDs mean something else (refusing)")
 
 
-def check_sid_shape(sids: DataFrame, model) -> None:
+def check_sid_shape(sids: DataFrame, model, *more):
+    """One aggregation: every SID has `levels` codes in [0, K). Returns the row (n and `more` aggregates too)."""
     cfg = model.config
     k = int(model.codebooks[0].shape[0])
-    row = sids.agg(F.min(F.size(cfg.sid_col)).alias("lo"), F.max(F.size(cfg.sid_col)).alias("hi"),  # driver-ok
-                   F.min(F.array_min(cfg.sid_col)).alias("cmin"), F.max(F.array_max(cfg.sid_col)).alias("cmax")
-                   ).first()
+    row = sids.agg(F.count(F.lit(1)).alias("n"), F.min(F.size(cfg.sid_col)).alias("lo"),  # driver-ok: one row
+                   F.max(F.size(cfg.sid_col)).alias("hi"), F.min(F.array_min(cfg.sid_col)).alias("cmin"),
+                   F.max(F.array_max(cfg.sid_col)).alias("cmax"), *more).first()
     if row["lo"] is None:
-        return
+        return row
     if row["lo"] != model.levels or row["hi"] != model.levels:
         raise InputError(f"SID column '{cfg.sid_col}' holds {row['lo']}..{row['hi']} codes; this model has "
                          f"{model.levels} levels")
     if row["cmin"] < 0 or row["cmax"] >= k:
         raise InputError(f"SID codes {row['cmin']}..{row['cmax']} fall outside [0, {k})")
+    return row
 
 
 def dedup_sids(sids: DataFrame, vectors: DataFrame, model, mode: Optional[str] = None,
@@ -291,11 +293,12 @@ def dedup_sids(sids: DataFrame, vectors: DataFrame, model, mode: Optional[str] =
     capacity = capacity or cfg.sid_capacity
     if suffix_col_name(cfg.sid_col) in sids.columns:
         raise InputError(f"the SID table already has a '{suffix_col_name(cfg.sid_col)}' column (deduplicated)")
-    check_sid_shape(sids, model)
-    items = sids.select(cfg.id_col, cfg.sid_col).join(vectors.select(cfg.id_col, VEC, HASH), on=cfg.id_col)
-    counts = sids.agg(F.count(F.lit(1))).first()[0], items.agg(F.count(F.lit(1))).first()[0]  # driver-ok
-    if counts[0] != counts[1]:
-        raise InputError(f"{counts[0] - counts[1]} of {counts[0]} SID rows have no valid vector in the input")
+    joined = sids.select(cfg.id_col, cfg.sid_col).join(vectors.select(cfg.id_col, VEC, HASH), on=cfg.id_col,
+                                                       how="left")
+    row = check_sid_shape(joined, model, F.count(VEC).alias("with_vec"))
+    if row["n"] != row["with_vec"]:
+        raise InputError(f"{row['n'] - row['with_vec']} of {row['n']} SID rows have no valid vector in the input")
+    items = joined.where(F.col(VEC).isNotNull())
     if mode == "none":
         return DedupResult(sids=sids.select(cfg.id_col, cfg.sid_col), detail=None, mode=mode, capacity=capacity)
     return resolve_collisions(items, model, mode, capacity, alternatives=alternatives, max_rounds=max_rounds)

@@ -1,0 +1,103 @@
+"""Incremental encoding against an existing SID table: old rows untouched, new SIDs unique against them,
+changed vectors reported, another model's table refused."""
+import json
+
+import numpy as np
+import pytest
+from pyspark.sql import types as T
+
+from sid_spark import ResidualKMeansModel, TokenizerConfig
+from sid_spark.errors import ArtifactError, SidSparkError
+from sid_spark.spark.dedup import encode_incremental
+from tests.conftest import make_df
+from tests.test_dedup import CB0, CB1, HAND, K, hand_model, planted
+
+SCHEMA = T.StructType([T.StructField("item_id", T.LongType()), T.StructField("sid", T.ArrayType(T.IntegerType())),
+                       T.StructField("sid_suffix", T.IntegerType())])
+
+
+def existing_table(spark, rows):
+    return spark.createDataFrame(rows, SCHEMA)
+
+
+def new_items(spark, items):
+    ids = np.array(sorted(items))
+    return make_df(spark, np.array([items[i] for i in ids], np.float32), ids=ids)
+
+
+def run(model, spark, old_rows, items, mode, manifest=None):
+    existing = existing_table(spark, old_rows)
+    man = manifest or {"model_id": model.model_id, "dedup": mode, "sid_capacity": 1}
+    inc = encode_incremental(model, new_items(spark, items), existing, man)
+    return {r["item_id"]: (tuple(r["sid"]), r["sid_suffix"]) for r in inc.result.sids.collect()}, inc
+
+
+def test_suffix_continues_after_existing_group(spark):
+    model = hand_model(dedup="suffix")
+    old = [(1, [0, 0], 0), (2, [0, 0], 1), (5, [1, 0], 0)]
+    # New 4 (= item 1's vector, d0 0.01) and 6 (0.15, 0; d0 0.0225) join group (0, 0) after suffixes 0 and 1;
+    # 2 is sent again with its old vector and is left as it is.
+    got, inc = run(model, spark, old, {4: HAND[1], 6: (0.15, 0.0), 2: HAND[2]}, "suffix")
+    assert got == {1: ((0, 0), 0), 2: ((0, 0), 1), 5: ((1, 0), 0), 4: ((0, 0), 2), 6: ((0, 0), 3)}
+    assert inc.rejects.count() == 0
+
+
+def test_reassign_counts_existing_occupancy(spark):
+    model = hand_model(dedup="reassign")
+    old = [(1, [0, 0], 0), (2, [0, 1], 0), (3, [0, 2], 0), (5, [1, 0], 0)]
+    # 4 (0.1, 0) and 8 (0.12, 0) land in the full SID (0, 0); the only free code under prefix 0 is 3, where
+    # 4 (1.21) beats 8 (1.2544). 8 has nowhere left and gets suffix 1 in (0, 0).
+    got, inc = run(model, spark, old, {4: HAND[4], 8: (0.12, 0.0)}, "reassign")
+    assert {i: got[i] for i in (4, 8)} == {4: ((0, 3), 0), 8: ((0, 0), 1)}
+    assert {i: got[i] for i in (1, 2, 3, 5)} == {r[0]: (tuple(r[1]), r[2]) for r in old}
+    rep = inc.result.report()
+    assert rep["items_resolved"] == 2 and rep["items_moved"] == 1 and rep["items_unplaced"] == 1
+
+
+def test_refuses_other_model_and_other_dedup_mode(spark):
+    model = hand_model(dedup="suffix")
+    with pytest.raises(ArtifactError, match="not by this model"):
+        run(model, spark, [(1, [0, 0], 0)], {4: HAND[4]}, "suffix", {"model_id": "0123456789abcdef", "dedup": "suffix"})
+    with pytest.raises(ArtifactError, match="no _manifest.json"):
+        encode_incremental(model, new_items(spark, {4: HAND[4]}), existing_table(spark, [(1, [0, 0], 0)]), None)
+    with pytest.raises(SidSparkError, match="dedup='reassign'"):
+        run(model, spark, [(1, [0, 0], 0)], {4: HAND[4]}, "suffix", {"model_id": model.model_id, "dedup": "reassign"})
+
+
+def test_cli_incremental_encode(tmp_path, spark, capsys):
+    from sid_spark.cli import main
+
+    x, cbs = planted(2)
+    model = ResidualKMeansModel(TokenizerConfig(levels=2, codebook_size=K, balance="none"), cbs)
+    model.save(str(tmp_path / "model"))
+    ResidualKMeansModel(model.config, [c + 0.5 for c in cbs]).save(str(tmp_path / "other"))
+    make_df(spark, x[:120]).write.parquet(str(tmp_path / "day1"))
+    x2 = x.copy()
+    x2[5] += 0.25  # item 5 comes back with another vector
+    make_df(spark, x2).write.parquet(str(tmp_path / "day2"))  # 120 old ids + 90 new (30 planted duplicates)
+    common = ["--model", str(tmp_path / "model"), "--set", "dedup=reassign"]
+    assert main(["encode", "--input", str(tmp_path / "day1"), "--output", str(tmp_path / "t1"), *common]) == 0
+    assert main(["encode", "--input", str(tmp_path / "day2"), "--output", str(tmp_path / "t2"),
+                 "--existing", str(tmp_path / "t1"), *common]) == 0
+
+    def rows(path):
+        return {r["item_id"]: (tuple(r["sid"]), r["sid_suffix"]) for r in spark.read.parquet(path).collect()}
+
+    t1, t2 = rows(str(tmp_path / "t1")), rows(str(tmp_path / "t2"))
+    assert len(t1) == 120 and len(t2) == 210
+    assert {i: t2[i] for i in t1} == t1  # every existing item keeps its SID
+    assert len(set(t2.values())) == 210  # union unique
+    placed = [s for s, f in t2.values() if f == 0]
+    assert len(placed) == len(set(placed))
+    rejects = spark.read.parquet(str(tmp_path / "t2" / "_rejects")).collect()
+    assert [(r["item_id"], r["reason"]) for r in rejects] == [(5, "changed_vector")]
+    man = json.loads((tmp_path / "t2" / "_manifest.json").read_text())
+    assert (man["items_read"], man["items_existing"], man["items_encoded"], man["items_rejected"],
+            man["items_already_present"], man["items"]) == (210, 120, 90, 1, 119, 210)
+    assert man["changed_vector_checked"] is True and man["model_id"] == model.model_id
+    capsys.readouterr()
+    assert main(["encode", "--input", str(tmp_path / "day2"), "--output", str(tmp_path / "t3"),
+                 "--existing", str(tmp_path / "t1"), "--model", str(tmp_path / "other"),
+                 "--set", "dedup=reassign"]) == 2
+    assert "not by this model" in capsys.readouterr().err
+    assert not (tmp_path / "t3").exists()
