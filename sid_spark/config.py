@@ -39,10 +39,8 @@ class TokenizerConfig:
     device: str = "auto"
     # "exact" (every code of every level holds N/K items, +-1) or "none"; a list gives one mode per level.
     balance: Any = "exact"
-    # Price (dual-ascent) passes over the data per level before the exact repair rounds.
-    balance_passes: int = 8
     # Upper bound on repair rounds per level; leftovers are then placed by a single global ranking pass.
-    balance_repair_rounds: int = 8
+    balance_repair_rounds: int = 16
     dedup: str = "none"
     sid_capacity: int = 1
     # Rows per torch GEMM block: fixed so that every row sees the same kernel whatever the partitioning.
@@ -66,7 +64,7 @@ class TokenizerConfig:
         need(isinstance(self.tol, (int, float)) and self.tol >= 0, "tol", "must be a number >= 0")
         need(self.device in DEVICES, "device", f"must be one of {DEVICES}")
         need(self.dedup in DEDUP_MODES, "dedup", f"must be one of {DEDUP_MODES}")
-        for key in ("balance_passes", "balance_repair_rounds"):
+        for key in ("balance_repair_rounds",):
             v = getattr(self, key)
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 0, key, "must be an integer >= 0")
         modes = self.balance if isinstance(self.balance, (list, tuple)) else [self.balance]

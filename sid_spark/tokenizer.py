@@ -27,7 +27,7 @@ KIND = "residual_kmeans"
 # camelCase parameter names (pyspark.ml style) accepted by the API, mapped to config keys.
 _PARAM_ALIASES = {"codebookSize": "codebook_size", "idCol": "id_col", "vectorCol": "vector_col",
                   "sidCol": "sid_col", "batchSize": "batch_size", "sampleSize": "sample_size",
-                  "maxIter": "max_iter", "initFactor": "init_factor", "balancePasses": "balance_passes",
+                  "maxIter": "max_iter", "initFactor": "init_factor",
                   "blockRows": "block_rows", "sidCapacity": "sid_capacity"}
 
 
@@ -55,11 +55,10 @@ class ResidualKMeansTokenizer:
 
     def fit_prepared(self, prepared: Prepared, start: Optional[TrainResult] = None,
                      on_level=None) -> "ResidualKMeansModel":
-        from .spark.balance import balancer_for
-
-        result = train_residual_kmeans(prepared, self.config, balancer_for(self.config), start=start,
-                                       on_level=on_level)
-        return ResidualKMeansModel(self.config, result.codebooks, result.prices,
+        cfg = self.config
+        result = train_residual_kmeans(prepared, cfg, lambda level: cfg.balance_for(level) == "exact",
+                                       start=start, on_level=on_level)
+        return ResidualKMeansModel(cfg, result.codebooks, result.prices,
                                    summary={"n_items": result.n_items, "n_sample": result.n_sample,
                                             "history": result.history})
 

@@ -1,13 +1,244 @@
-"""Exact balanced assignment on Spark (filled in by the balanced-capacity work)."""
+"""Exact balanced encoding of a whole catalog on Spark: in every balanced level every code holds floor(N/K) or
+ceil(N/K) of the N encoded items.
+
+Per balanced level (the driver holds only codebooks, prices, counts and capacities — K-sized):
+
+  prices       learnt in training: Sinkhorn on the driver's seeding sample (sid_spark.kernels.balance), so
+               that first choices are already near-balanced (a few percent overflow, from sampling noise).
+  pass 1       candidate pass: each item's first choice under the prices and its regret (second - first cost).
+  shuffle      a window per first-choice code, ordered by regret (desc), then the stable id hash: the first
+               cap_k items keep code k; the rest (typically a few percent) overflow.
+  rounds       over the overflow rows only: each picks its nearest code that still has room; a window per
+               picked code keeps the nearest applicants up to the room left. Every round fills at least one
+               code or places everyone; after `balance_repair_rounds` rounds the leftovers fill the remaining
+               room in hash order (one small global sort).
+
+Every decision is ordered by (value, stable id hash, id), so the codes do not depend on the partitioning.
+"""
 from __future__ import annotations
 
-from ..config import TokenizerConfig
+import logging
+import time
+from typing import List, Optional
+
+import numpy as np
+import pyarrow as pa
+import torch
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from ..kernels import balance as bal
+from ..kernels import kmeans as km
+from .device import configure_torch_for_task, task_device
+from .prepare import HASH, VEC
+from .vectors import arrow_matrix
+
+log = logging.getLogger("sid_spark.balance")
+
+CODES = "_codes"
+FIRST = "_first"
+REGRET = "_regret"
+CHOICE = "_choice"
+COST = "_cost"
+CODE = "_code"
 
 
-def balancer_for(cfg: TokenizerConfig):
-    """level -> price balancer for levels with balance=exact, None otherwise."""
-    return None
+def _prefix_codes(batch: pa.RecordBatch, level: int) -> torch.Tensor:
+    if level == 0:
+        return torch.empty((batch.num_rows, 0), dtype=torch.int64)
+    col = batch.column(batch.schema.get_field_index(CODES))
+    return torch.from_numpy(col.flatten().to_numpy().astype(np.int64).reshape(-1, level))
 
 
-def encode_balanced(valid, model, cfg):
-    raise NotImplementedError("balance=exact encoding is not built yet; use balance=none")
+def _level_residual(batch: pa.RecordBatch, codebooks, level: int, dim: int) -> torch.Tensor:
+    """x - sum_{l < level} c_l[s_l] from the codes already fixed for this row: (n, d) float32."""
+    x = torch.from_numpy(arrow_matrix(batch.column(batch.schema.get_field_index(VEC)), dim).copy())
+    codes = _prefix_codes(batch, level)
+    for lvl in range(level):
+        x -= codebooks[lvl][codes[:, lvl]]
+    return x
+
+
+class _Level:
+    """What the partition functions of one level need, pickled to the executors with them."""
+
+    def __init__(self, codebooks: List[np.ndarray], level: int, dim: int, block_rows: int, device: str):
+        self.codebooks = [np.ascontiguousarray(c) for c in codebooks[: level + 1]]
+        self.level, self.dim, self.block_rows, self.device = level, dim, block_rows, device
+
+    def tensors(self):
+        configure_torch_for_task()
+        dev = task_device(self.device)
+        return [torch.from_numpy(c).to(dev) for c in self.codebooks], dev
+
+    def batches(self, batches):
+        cbs, dev = self.tensors()
+        for batch in batches:
+            if batch.num_rows:
+                yield batch, _level_residual(batch, [c.cpu() for c in cbs], self.level, self.dim).to(dev), cbs[-1]
+
+
+def _with_columns(batch: pa.RecordBatch, names, arrays) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays(list(batch.columns) + list(arrays), names=list(batch.schema.names) + list(names))
+
+
+def candidate_rows(rows: DataFrame, lv: _Level, prices: np.ndarray) -> DataFrame:
+    """rows + first choice (int) and regret (double): cost of the second choice minus the first, under prices."""
+    schema = T.StructType(rows.schema.fields + [T.StructField(FIRST, T.IntegerType()),
+                                                T.StructField(REGRET, T.DoubleType())])
+
+    def partition(batches):
+        p = torch.from_numpy(prices)
+        for batch, r, cb in lv.batches(batches):
+            codes, cost = km.assign(r, cb, p.to(r.device), lv.block_rows, topk=2)
+            yield _with_columns(batch, [FIRST, REGRET],
+                                [pa.array(codes[:, 0].to(torch.int32).cpu().numpy()),
+                                 pa.array((cost[:, 1] - cost[:, 0]).to(torch.float64).cpu().numpy())])
+
+    return rows.mapInArrow(partition, schema)
+
+
+def nearest_free_rows(rows: DataFrame, lv: _Level, prices: np.ndarray, free: np.ndarray) -> DataFrame:
+    """rows + the nearest code that still has room (int) and its cost (double)."""
+    schema = T.StructType(rows.schema.fields + [T.StructField(CHOICE, T.IntegerType()),
+                                                T.StructField(COST, T.DoubleType())])
+    full = free <= 0
+
+    def partition(batches):
+        masked = torch.from_numpy(np.where(full, np.float32(np.inf), prices).astype(np.float32))
+        for batch, r, cb in lv.batches(batches):
+            codes, cost = km.assign(r, cb, masked.to(r.device), lv.block_rows)
+            yield _with_columns(batch, [CHOICE, COST], [pa.array(codes.to(torch.int32).cpu().numpy()),
+                                                        pa.array(cost.to(torch.float64).cpu().numpy())])
+
+    return rows.mapInArrow(partition, schema)
+
+
+def _code_counts(df: DataFrame, col: str, k: int) -> np.ndarray:
+    out = np.zeros(k, np.int64)
+    for row in df.groupBy(col).count().collect():  # driver-ok: at most K rows
+        out[row[0]] = row[1]
+    return out
+
+
+def _caps_frame(spark, values: np.ndarray, col: str) -> DataFrame:
+    return F.broadcast(spark.createDataFrame([(int(i), int(v)) for i, v in enumerate(values)],
+                                             T.StructType([T.StructField(col, T.IntegerType()),
+                                                           T.StructField("_room", T.LongType())])))
+
+
+def _persist(df: DataFrame) -> DataFrame:
+    df = df.persist(StorageLevel.MEMORY_AND_DISK)
+    df.count()
+    return df
+
+
+def balance_level(rows: DataFrame, id_col: str, lv: _Level, prices: Optional[np.ndarray], n: int,
+                  max_rounds: int, stats: dict) -> DataFrame:
+    """rows (id, _h, _vec, _codes) -> the same rows with this level's exactly balanced code appended to _codes."""
+    spark = rows.sparkSession
+    started = time.perf_counter()
+    k = lv.codebooks[-1].shape[0]
+    prices = np.zeros(k, np.float32) if prices is None else np.asarray(prices, np.float32)
+
+    cand = _persist(candidate_rows(rows, lv, prices))
+    counts = _code_counts(cand, FIRST, k)
+    caps = bal.capacities(n, k, counts)
+    by_code = Window.partitionBy(FIRST).orderBy(F.col(REGRET).desc(), F.col(HASH), F.col(id_col))
+    ranked = cand.withColumn("_rank", F.row_number().over(by_code)).join(
+        _caps_frame(spark, caps, FIRST), on=FIRST).withColumn("_ok", F.col("_rank") <= F.col("_room"))
+    ranked = ranked.persist(StorageLevel.MEMORY_AND_DISK)
+    base_cols = [id_col, HASH, VEC, CODES]
+    placed = [ranked.where(F.col("_ok")).select(*base_cols, F.col(FIRST).alias(CODE))]
+    free = caps - np.minimum(counts, caps)
+    n_over = int(np.clip(counts - caps, 0, None).sum())
+    overflow = ranked.where(~F.col("_ok")).select(*base_cols)
+    stats.setdefault("overflow", []).append(n_over)
+    log.info("level %d: %d of %d items overflow their first choice", lv.level + 1, n_over, n)
+    rounds = 0
+    pending = [cand, ranked]
+    while n_over > 0 and rounds < max_rounds:
+        rounds += 1
+        applied = nearest_free_rows(overflow, lv, prices, free)
+        by_choice = Window.partitionBy(CHOICE).orderBy(F.col(COST), F.col(HASH), F.col(id_col))
+        ranked = applied.withColumn("_rank", F.row_number().over(by_choice)).join(
+            _caps_frame(spark, free, CHOICE), on=CHOICE).withColumn("_ok", F.col("_rank") <= F.col("_room"))
+        ranked = ranked.persist(StorageLevel.MEMORY_AND_DISK)
+        pending.append(ranked)
+        # One job per round: the per-code acceptances (K rows) also tell how many items are still waiting.
+        accepted_counts = np.zeros(k, np.int64)
+        n_over = 0
+        for row in ranked.groupBy(CHOICE).agg(F.sum(F.col("_ok").cast("long")).alias("a"),
+                                              F.count(F.lit(1)).alias("n")).collect():  # driver-ok: K rows
+            accepted_counts[row[0]] = row["a"]
+            n_over += row["n"] - row["a"]
+        placed.append(ranked.where(F.col("_ok")).select(*base_cols, F.col(CHOICE).alias(CODE)))
+        free = free - accepted_counts
+        overflow = ranked.where(~F.col("_ok")).select(*base_cols)
+        log.info("level %d repair round %d: %d items still without room", lv.level + 1, rounds, n_over)
+    if n_over > 0:
+        # Global slot fallback: leftovers, in hash order, fill the remaining room code by code.
+        bounds = np.cumsum(np.maximum(free, 0))
+        slot = F.row_number().over(Window.orderBy(F.col(HASH), F.col(id_col))) - 1
+        code_of_slot = None
+        for code in np.nonzero(free > 0)[0]:
+            cond = F.col("_slot") < F.lit(int(bounds[code]))
+            code_of_slot = F.when(cond, F.lit(int(code))) if code_of_slot is None else \
+                code_of_slot.when(cond, F.lit(int(code)))
+        placed.append(overflow.withColumn("_slot", slot).select(*base_cols, code_of_slot.alias(CODE)))
+    # full passes over the level's rows: the candidate pass and the window shuffle by code (the repair rounds
+    # read only the overflow rows)
+    stats.setdefault("passes", []).append(2)
+    stats.setdefault("repair_rounds", []).append(rounds)
+    stats.setdefault("fallback_items", []).append(int(n_over))
+    out = placed[0]
+    for part in placed[1:]:
+        out = out.unionByName(part)
+    out = _persist(out.select(id_col, HASH, VEC, F.concat(CODES, F.array(F.col(CODE))).alias(CODES)))
+    for df in pending:
+        df.unpersist()
+    stats.setdefault("seconds", []).append(time.perf_counter() - started)
+    return out
+
+
+def greedy_level(rows: DataFrame, lv: _Level) -> DataFrame:
+    """Unbalanced level inside a balanced encode: nearest centroid, appended to _codes."""
+    schema = rows.schema
+
+    def partition(batches):
+        for batch, r, cb in lv.batches(batches):
+            codes, _ = km.assign(r, cb, None, lv.block_rows)
+            prev = _prefix_codes(batch, lv.level)
+            allc = torch.cat([prev, codes.cpu().unsqueeze(1)], 1).to(torch.int32).numpy()
+            m = allc.shape[1]
+            offsets = pa.array(np.arange(0, (len(allc) + 1) * m, m, dtype=np.int32))
+            col = pa.ListArray.from_arrays(offsets, pa.array(allc.reshape(-1), pa.int32()))
+            cols = [col if name == CODES else batch.column(i) for i, name in enumerate(batch.schema.names)]
+            yield pa.RecordBatch.from_arrays(cols, names=batch.schema.names)
+
+    return _persist(rows.mapInArrow(partition, schema))
+
+
+def encode_balanced(valid: DataFrame, model, cfg, stats: Optional[dict] = None) -> DataFrame:
+    """(id, sid) for every row of `valid` (id, _vec, _h), with exact capacities at every balanced level."""
+    stats = {} if stats is None else stats
+    id_col = cfg.id_col
+    rows = _persist(valid.select(id_col, HASH, VEC, F.array().cast(T.ArrayType(T.IntegerType())).alias(CODES)))
+    n = rows.count()
+    k = model.codebooks[0].shape[0]
+    if n < k:
+        from ..errors import InputError
+
+        raise InputError(f"N < K: {n} valid items cannot fill codebook_size={k} codes with balance=exact")
+    for level in range(model.levels):
+        lv = _Level(model.codebooks, level, model.dim, cfg.block_rows, cfg.device)
+        if cfg.balance_for(level) == "exact":
+            nxt = balance_level(rows, id_col, lv, model.prices[level], n, cfg.balance_repair_rounds, stats)
+        else:
+            nxt = greedy_level(rows, lv)
+        rows.unpersist()
+        rows = nxt
+    stats["n_items"] = n
+    return rows.select(id_col, F.col(CODES).alias(cfg.sid_col))

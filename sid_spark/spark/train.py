@@ -15,6 +15,7 @@ from pyspark.sql import functions as F
 from ..config import TokenizerConfig
 from ..errors import InputError
 from ..kernels import kmeans as km
+from ..kernels.balance import SinkhornBalancer
 from .prepare import HASH, VEC, Prepared
 from .runner import QuantizerState, level_stats
 
@@ -67,8 +68,11 @@ def init_rows(sample: DataFrame, m: int, dim: int) -> np.ndarray:
 
 
 def train_level(sample: DataFrame, frozen: QuantizerState, init_x: np.ndarray, cfg: TokenizerConfig,
-                level: int, n_sample: int, dim: int, balancer=None):
-    """Fit the codebook of `level` on residuals of the frozen levels. Returns (codebook, prices, history)."""
+                level: int, n_sample: int, dim: int, balanced: bool = False):
+    """Fit the codebook of `level` on residuals of the frozen levels.
+
+    A balanced level assigns by ``argmin ||r - c||^2 + p`` with prices re-solved on the seeding sample before
+    every pass, so each centre is the mean of a (nearly) balanced cluster. Returns (codebook, prices, history)."""
     k = cfg.codebook_size
     rng = np.random.default_rng([cfg.seed, level])
     cbs = [torch.from_numpy(c) for c in frozen.codebooks]
@@ -77,9 +81,12 @@ def train_level(sample: DataFrame, frozen: QuantizerState, init_x: np.ndarray, c
     centroids = km.kmeans_pp(init_r, k, rng)
     n_batches = max(1, math.ceil(n_sample / cfg.batch_size))
     seen = torch.zeros(k, dtype=torch.int64)
-    prices = None if balancer is None else balancer.initial_prices(k)
+    balancer = SinkhornBalancer(init_r, frozen.block_rows) if balanced else None
+    prices = None
     history = []
     for it in range(cfg.max_iter):
+        if balancer is not None:
+            prices = balancer.prices(centroids)
         b = it % n_batches
         rows = sample if n_batches == 1 else sample.where(
             (F.col(UNIT) >= F.lit(b / n_batches)) & (F.col(UNIT) < F.lit((b + 1) / n_batches)))
@@ -93,8 +100,6 @@ def train_level(sample: DataFrame, frozen: QuantizerState, init_x: np.ndarray, c
             new, seen = km.sculley_update(centroids, seen, counts, sums)
             dead = seen if it >= n_batches - 1 else torch.ones_like(seen)
         new, _, n_split = km.split_empty(new, dead)
-        if balancer is not None:
-            prices = balancer.update_prices(prices, st.counts, st.rows)
         shift = km.centroid_shift(centroids, new)
         centroids = new
         history.append({"level": level + 1, "iter": it + 1, "rows": st.rows, "mse": st.sse / max(st.rows, 1),
@@ -104,14 +109,16 @@ def train_level(sample: DataFrame, frozen: QuantizerState, init_x: np.ndarray, c
                  cfg.max_iter, st.rows, st.sse / max(st.rows, 1), shift, n_split)
         if shift < cfg.tol and n_split == 0 and (n_batches == 1 or it >= n_batches):
             break
+    if balancer is not None:
+        prices = balancer.prices(centroids, final=True)
     return centroids.numpy(), prices, history
 
 
-def train_residual_kmeans(prepared: Prepared, cfg: TokenizerConfig, balancer_for=None,
+def train_residual_kmeans(prepared: Prepared, cfg: TokenizerConfig, balanced=None,
                           start: Optional[TrainResult] = None, on_level=None) -> TrainResult:
     """Level after level: each level clusters what the frozen earlier levels leave (r = x - sum c_l[s_l]).
 
-    `balancer_for(level)` returns a price balancer or None; `start` resumes from already trained levels;
+    `balanced(level)` says whether a level is balanced; `start` resumes from already trained levels;
     `on_level(result)` is called after every level (checkpointing).
     """
     sample, n, n_sample = training_sample(prepared, cfg)
@@ -121,8 +128,9 @@ def train_residual_kmeans(prepared: Prepared, cfg: TokenizerConfig, balancer_for
         result.n_items, result.n_sample = n, n_sample
         for level in range(len(result.codebooks), cfg.levels):
             frozen = QuantizerState(tuple(result.codebooks), tuple(result.prices), cfg.block_rows, cfg.device)
-            balancer = balancer_for(level) if balancer_for else None
-            cb, prices, hist = train_level(sample, frozen, init_x, cfg, level, n_sample, prepared.dim, balancer)
+            is_balanced = bool(balanced(level)) if balanced else False
+            cb, prices, hist = train_level(sample, frozen, init_x, cfg, level, n_sample, prepared.dim,
+                                                is_balanced)
             result.codebooks.append(cb)
             result.prices.append(prices)
             result.history.extend(hist)

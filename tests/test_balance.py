@@ -1,0 +1,142 @@
+"""Balanced capacity: exact code sizes floor(N/K)/ceil(N/K) at every level, on the kernel and on Spark."""
+import numpy as np
+import pytest
+import torch
+from chispa import assert_df_equality
+
+from sid_spark import ResidualKMeansTokenizer
+from sid_spark.errors import InputError
+from sid_spark.kernels import balance as bal
+from sid_spark.kernels import kmeans as km
+from sid_spark.synthetic import numpy_catalog
+from tests.conftest import make_df
+
+
+def skewed(n, d, seed=0):
+    """90% of the items in one tight blob, the rest spread out."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    x[: int(0.9 * n)] = 0.05 * x[: int(0.9 * n)] + 3
+    return x
+
+
+def algorithm1(x, k, iters, rng):
+    """The seed's Algorithm 1 (OneRec balanced k-means), written plainly: cluster after cluster takes its
+    w = N/K nearest unassigned items, then each centre moves to the mean of what it took."""
+    n = len(x)
+    w = n // k
+    c = x[rng.choice(n, k, replace=False)].astype(np.float64)
+    for _ in range(iters):
+        free = np.ones(n, bool)
+        codes = np.full(n, -1)
+        for j in range(k):
+            idx = np.nonzero(free)[0]
+            take = w if j < k - 1 else len(idx)
+            d = ((x[idx] - c[j]) ** 2).sum(1)
+            chosen = idx[np.argsort(d, kind="stable")[:take]]
+            codes[chosen] = j
+            free[chosen] = False
+        c = np.stack([x[codes == j].mean(0) for j in range(k)])
+    return codes, c
+
+
+def sizes_exact(codes, n, k):
+    counts = np.bincount(codes, minlength=k)
+    return counts.min() >= n // k and counts.max() <= -(-n // k) and counts.sum() == n
+
+
+@pytest.mark.parametrize("n,k,counts,want", [
+    (12, 4, [5, 1, 3, 3], [3, 3, 3, 3]),
+    (14, 4, [5, 1, 3, 3], [4, 3, 4, 3]),  # the two extra slots go to the most demanded codes, ties to the lower
+    (5, 5, [0, 0, 0, 0, 5], [1, 1, 1, 1, 1]),
+])
+def test_capacities(n, k, counts, want):
+    caps = bal.capacities(n, k, np.array(counts))
+    assert caps.tolist() == want and caps.sum() == n
+
+
+@pytest.mark.parametrize("n", [1024, 1037])
+def test_exact_assign_sizes_on_skewed_data(n):
+    x = torch.from_numpy(skewed(n, 8))
+    c = km.kmeans_pp(x, 16, np.random.default_rng(0))
+    codes, _ = bal.exact_assign(km.distances(x, c), None, np.arange(n))
+    assert sizes_exact(codes, n, 16)
+
+
+def test_sinkhorn_prices_balance_the_sample():
+    x = torch.from_numpy(skewed(3200, 8, seed=1))
+    c = km.kmeans_pp(x, 32, np.random.default_rng(1))
+    d = km.distances(x, c)
+    greedy = np.bincount(d.argmin(1).numpy(), minlength=32)
+    prices, eps = bal.sinkhorn_prices(d, torch.full((32,), 100.0))
+    priced = np.bincount((d + torch.from_numpy(prices)).argmin(1).numpy(), minlength=32)
+    assert greedy.max() > 300  # the blob piles onto a few codes without prices ...
+    assert priced.max() <= 110 and priced.min() >= 90  # ... and is spread almost evenly with them
+    assert eps > 0
+
+
+@pytest.fixture(scope="module")
+def catalog(spark):
+    x = numpy_catalog(1003, 8, seed=2, components=30)  # 1003 = 62*16 + 11: not divisible by K
+    return x, make_df(spark, x, partitions=3)
+
+
+BAL = dict(levels=3, codebookSize=16, seed=5, max_iter=6, balance="exact")
+
+
+@pytest.fixture(scope="module")
+def balanced(spark, catalog):
+    x, df = catalog
+    model = ResidualKMeansTokenizer(**BAL).fit(df)
+    stats = {}
+    from sid_spark.spark.balance import encode_balanced
+    from sid_spark.spark.prepare import prepare
+
+    sids = encode_balanced(prepare(df, model.config, dim=model.dim).valid, model, model.config, stats)
+    return model, sids.orderBy("item_id"), stats
+
+
+def test_every_level_exactly_balanced_on_spark(balanced, catalog):
+    x, _ = catalog
+    _, sids, stats = balanced
+    codes = np.array([r["sid"] for r in sids.collect()])
+    assert codes.shape == (len(x), 3)
+    for level in range(3):
+        assert sizes_exact(codes[:, level], len(x), 16), np.bincount(codes[:, level], minlength=16)
+    assert stats["n_items"] == len(x)
+
+
+def test_balanced_sids_do_not_depend_on_partitioning(spark, balanced, catalog):
+    x, _ = catalog
+    model, sids, _ = balanced
+    other = model.encode(make_df(spark, x, partitions=8)).sids.orderBy("item_id")
+    assert_df_equality(other, sids)
+
+
+def test_skewed_catalog_balanced_at_every_level(spark):
+    x = skewed(800, 8, seed=3)
+    df = make_df(spark, x, partitions=2)
+    model = ResidualKMeansTokenizer(levels=2, codebookSize=16, seed=1, max_iter=4).fit(df)
+    codes = np.array([r["sid"] for r in model.encode(df).sids.collect()])
+    for level in range(2):
+        assert sizes_exact(codes[:, level], 800, 16)
+
+
+def test_better_than_algorithm1_oracle(spark):
+    """Same small data, one level: both exact in size; our relative reconstruction error is lower."""
+    x = numpy_catalog(960, 8, seed=4, components=20)
+    k = 16
+    codes1, c1 = algorithm1(x.astype(np.float64), k, iters=5, rng=np.random.default_rng(0))
+    err1 = ((x - c1[codes1]) ** 2).sum() / (x ** 2).sum()
+    df = make_df(spark, x, partitions=2)
+    model = ResidualKMeansTokenizer(levels=1, codebookSize=k, seed=0, max_iter=10).fit(df)
+    rows = model.encode(df).sids.orderBy("item_id").collect()
+    codes = np.array([r["sid"][0] for r in rows])
+    err = ((x - model.codebooks[0][codes]) ** 2).sum() / (x ** 2).sum()
+    assert sizes_exact(codes1, 960, k) and sizes_exact(codes, 960, k)
+    assert err < err1
+
+
+def test_n_smaller_than_k_fails_early(spark):
+    with pytest.raises(InputError, match="N < K"):
+        ResidualKMeansTokenizer(levels=1, codebookSize=32).fit(make_df(spark, skewed(20, 4)))
