@@ -95,4 +95,4 @@ def collect_sample(prepared: Prepared, cfg: TokenizerConfig) -> Tuple[np.ndarray
         table = sample.orderBy(UNIT).select(VEC).toArrow()  # driver-ok: training sample, bounded by sample_size
     finally:
         sample.unpersist()
-    return arrow_matrix(table.column(0), prepared.dim), n
+    return np.array(arrow_matrix(table.column(0), prepared.dim)), n  # a writable copy for torch
