@@ -77,6 +77,7 @@ def chart_sid_sizes(metrics: dict) -> str:
     fig, (ax,) = _figure(5.4, 4.2)
     ax.bar(sizes, mult, width=0.8, color="#55a868")
     ax.set_yscale("log")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("items on the SID")
     ax.set_ylabel("number of SIDs (log)")
     ax.set_title(f"items per SID: collision rate {metrics['collision_rate']:.4f}, "

@@ -22,7 +22,8 @@ JOB_KEYS = {"hit_ks": [10, 50], "knn_queries": 1000, "max_transitions": 100_000,
 def cmd_evaluate(args) -> dict:
     from ..metrics import evaluate_full
     from ..spark.io import read_input, read_manifest
-    from ..tokenizer import ResidualKMeansModel
+    from ..artifact import read_artifact
+    from ..tokenizer import KIND
 
     require(args, "sids", "output")
     settings = resolve(args.config, args.overrides, JOB_KEYS)
@@ -34,8 +35,9 @@ def cmd_evaluate(args) -> dict:
     sid_col = manifest.get("sid_col", cfg.sid_col)
     codebooks, model_id = None, None
     if args.model:
-        model = ResidualKMeansModel.load(args.model)
-        codebooks, model_id = model.codebooks, model.model_id
+        # Only the codebooks are needed: read the arrays, not the training config (which may be of another version).
+        art, arrays, _ = read_artifact(args.model, kind=KIND)
+        codebooks, model_id = [arrays[f"codebook_{i}"] for i in range(art["levels"])], art["model_id"]
         if manifest.get("model_id") and manifest["model_id"] != model_id:
             raise InputError(f"--model {args.model} is model {model_id} but the SID table was encoded by "
                              f"{manifest['model_id']}")
