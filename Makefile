@@ -37,7 +37,7 @@ test: $(STAMP) $(AIRFLOW_STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
-	$(PY) benchmarks/bench_core.py $(ARGS)
+	$(PY) benchmarks/bench.py $(ARGS)
 
 clean:
 	rm -rf demo_out .pytest_cache build *.egg-info

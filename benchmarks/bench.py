@@ -1,0 +1,242 @@
+"""Performance benchmark (issue 9): prints a table of figures and ratios; asserts nothing.
+
+    python benchmarks/bench.py [--items 1000000] [--scale 1000000,2000000,4000000,8000000] [--skip-peers]
+
+Sections, all in one run on the same seeded synthetic catalog:
+  kernel  sgemm GFLOP/s at the assignment's shape, the limit it implies in items/s (2*L*K*D flops per item), and
+          our assignment kernel's items/s, for D=128 and 384 (1 thread = one Spark task; and all cores);
+  encode  Parquet in -> SIDs Parquet out on local[2], items/s and its ratio to 2 x the 1-thread kernel;
+  train   3 x 256 on N x 128: our seconds and relative reconstruction error beside faiss residual k-means
+          (faiss.Kmeans per level, niter 20), scikit-learn MiniBatchKMeans per level and pyspark.ml KMeans per
+          level (on a 200,000-row subsample);
+  scale   seconds per million items for train and encode, and the driver's peak RSS (python + JVM);
+  gpu     the kernel on CUDA when a device is present (skipped otherwise).
+Peers come from the `bench` extra (pip install -e '.[bench]'); the library never needs them.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from sid_spark.kernels import kmeans as km  # noqa: E402
+from sid_spark.synthetic import numpy_catalog  # noqa: E402
+
+L, K = 3, 256
+
+
+def sgemm_gflops(d, k, threads, rows=4096, reps=30, device="cpu"):
+    torch.set_num_threads(threads)
+    a = torch.randn(rows, d, device=device)
+    b = torch.randn(d, k, device=device)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2.0 * rows * d * k * reps / (time.perf_counter() - t) / 1e9
+
+
+def sync(device):
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def kernel_ips(x, codebooks, threads, device="cpu"):
+    torch.set_num_threads(threads)
+    xt = torch.from_numpy(x).to(device)
+    cbs = [torch.from_numpy(c).to(device) for c in codebooks]
+    km.residual_encode(xt[:8192], cbs)
+    sync(device)
+    t = time.perf_counter()
+    km.residual_encode(xt, cbs)
+    sync(device)
+    return len(x) / (time.perf_counter() - t)
+
+
+def rel_error(x, codebooks):
+    torch.set_num_threads(os.cpu_count() or 1)
+    _, r = km.residual_encode(torch.from_numpy(x), [torch.from_numpy(np.asarray(c, np.float32)) for c in codebooks])
+    return float((r.double() ** 2).sum() / (torch.from_numpy(x).double() ** 2).sum())
+
+
+def residual_peer(x, fit_level):
+    """Generic residual k-means driver for a peer: fit_level(r) -> (K, d) centroids."""
+    r = x.copy()
+    cbs = []
+    t = time.perf_counter()
+    for _ in range(L):
+        c = np.asarray(fit_level(r), np.float32)
+        codes, _ = km.assign(torch.from_numpy(r), torch.from_numpy(c))
+        r = r - c[codes.numpy()]
+        cbs.append(c)
+    return time.perf_counter() - t, cbs
+
+
+def peak_rss_mb():
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kids = 0.0
+    try:
+        import psutil
+
+        kids = sum(p.memory_info().rss for p in psutil.Process().children(recursive=True)) / 2 ** 20
+    except Exception:
+        pass
+    return own, kids
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--items", type=int, default=1_000_000)
+    ap.add_argument("--scale", default="1000000,2000000,4000000,8000000")
+    ap.add_argument("--skip-peers", action="store_true")
+    args = ap.parse_args()
+    n = args.items
+    cores = os.cpu_count() or 1
+    print(f"# sid_spark benchmark — {cores} cores, torch {torch.__version__}, L={L} K={K}")
+    rows = []
+
+    # ---- kernel -------------------------------------------------------------------------------------------
+    print("\n## kernel (residual assignment, 3 levels x 256 codes)")
+    print(f"{'D':>4} {'threads':>7} {'sgemm GFLOP/s':>14} {'limit items/s':>14} {'ours items/s':>13} {'% of limit':>10}")
+    kernel_1t = {}
+    for d in (128, 384):
+        x = numpy_catalog(200_000, d, seed=1)
+        cbs = [x[np.random.default_rng(lv).choice(len(x), K, replace=False)] for lv in range(L)]
+        for threads in sorted({1, cores}):
+            g = sgemm_gflops(d, K, threads)
+            limit = g * 1e9 / (2 * L * K * d)
+            ips = kernel_ips(x, cbs, threads)
+            if threads == 1:
+                kernel_1t[d] = ips
+            print(f"{d:>4} {threads:>7} {g:>14.1f} {limit:>14,.0f} {ips:>13,.0f} {ips / limit:>10.1%}")
+            rows.append(("kernel", d, threads, ips / limit))
+    if torch.cuda.is_available():
+        print("\n## gpu")
+        for d in (128, 384):
+            x = numpy_catalog(1_000_000, d, seed=1)
+            cbs = [x[np.random.default_rng(lv).choice(len(x), K, replace=False)] for lv in range(L)]
+            g = sgemm_gflops(d, K, 1, device="cuda")
+            print(f"D={d}: sgemm {g:.0f} GFLOP/s, kernel {kernel_ips(x, cbs, 1, 'cuda'):,.0f} items/s")
+    else:
+        print("\n## gpu: no CUDA device here — skipped")
+
+    from sid_spark import ResidualKMeansModel, ResidualKMeansTokenizer, TokenizerConfig
+    from sid_spark.commands.encode import write_sids
+    from sid_spark.spark.session import get_session
+    from sid_spark.synthetic import synthetic_catalog
+
+    spark = get_session("local[2]", app_name="sid_spark-bench",
+                        conf={"spark.sql.shuffle.partitions": "8", "spark.driver.memory": "6g"})
+    spark.sparkContext.setLogLevel("ERROR")
+    work = tempfile.mkdtemp(prefix="sid_bench_")
+    try:
+        # ---- encode ---------------------------------------------------------------------------------------
+        cat = os.path.join(work, f"catalog_{n}")
+        synthetic_catalog(spark, n, 128, seed=0, partitions=8).write.parquet(cat)
+        df = spark.read.parquet(cat)
+        x = numpy_catalog(n, 128, seed=0)
+        cbs = [x[np.random.default_rng(lv).choice(n, K, replace=False)] * (0.5 ** lv) for lv in range(L)]
+        model = ResidualKMeansModel(TokenizerConfig(levels=L, codebook_size=K, balance="none"), cbs)
+        t = time.perf_counter()
+        write_sids(spark, model, df, os.path.join(work, "sids"))
+        enc = n / (time.perf_counter() - t)
+        print(f"\n## encode end to end (local[2], {n:,} x 128, Parquet -> Parquet, balance=none)")
+        print(f"{enc:,.0f} items/s; kernel 2 x 1 thread = {2 * kernel_1t[128]:,.0f} items/s; "
+              f"ratio {enc / (2 * kernel_1t[128]):.1%} (target >= 50%)")
+
+        # ---- train ----------------------------------------------------------------------------------------
+        print(f"\n## train 3 x 256 on {n:,} x 128")
+        print(f"{'tool':40s} {'seconds':>8} {'rel. error':>10}")
+        t = time.perf_counter()
+        ours = ResidualKMeansTokenizer(levels=L, codebookSize=K, balance="none").fit(df)
+        ours_s = time.perf_counter() - t
+        ours_e = rel_error(x, ours.codebooks)
+        print(f"{'sid_spark (balance=none, local[2])':40s} {ours_s:>8.1f} {ours_e:>10.4f}")
+        t = time.perf_counter()
+        bal = ResidualKMeansTokenizer(levels=L, codebookSize=K, balance="exact").fit(df)
+        print(f"{'sid_spark (balance=exact, train only)':40s} {time.perf_counter() - t:>8.1f} "
+              f"{rel_error(x, bal.codebooks):>10.4f}  (greedy codes; exact sizes need the balanced encode)")
+        peers = {}
+        if not args.skip_peers:
+            torch.set_num_threads(cores)
+            try:
+                import faiss
+
+                s, c = residual_peer(x, lambda r: _faiss(faiss, r))
+                peers["faiss"] = (s, rel_error(x, c))
+            except ImportError:
+                print("faiss not installed (pip install -e '.[bench]')")
+            try:
+                from sklearn.cluster import MiniBatchKMeans
+
+                s, c = residual_peer(x, lambda r: MiniBatchKMeans(K, batch_size=4096, n_init=1, max_iter=20,
+                                                                   random_state=0).fit(r).cluster_centers_)
+                peers["sklearn MiniBatchKMeans"] = (s, rel_error(x, c))
+            except ImportError:
+                print("scikit-learn not installed (pip install -e '.[bench]')")
+            sub = x[:200_000]
+            s, c = residual_peer(sub, lambda r: _spark_kmeans(spark, r))
+            peers["pyspark.ml KMeans (200k subsample)"] = (s * n / len(sub), rel_error(x, c))
+            for name, (s, e) in peers.items():
+                print(f"{name:40s} {s:>8.1f} {e:>10.4f}")
+            if "faiss" in peers:
+                print(f"ratio rel. error ours/faiss = {ours_e / peers['faiss'][1]:.3f} (target <= 1.02)")
+            if "sklearn MiniBatchKMeans" in peers:
+                print(f"speed ours vs sklearn = {peers['sklearn MiniBatchKMeans'][0] / ours_s:.2f}x (target >= 1)")
+            print(f"speed ours vs pyspark.ml KMeans (scaled to {n:,}) = "
+                  f"{peers['pyspark.ml KMeans (200k subsample)'][0] / ours_s:.1f}x (target >= 10)")
+
+        # ---- scale ----------------------------------------------------------------------------------------
+        print("\n## scale (balance=none, 3 x 256, D=128)")
+        print(f"{'N':>10} {'train s/M':>10} {'encode s/M':>11} {'driver RSS MB (py, jvm)':>24}")
+        for size in [int(s) for s in args.scale.split(",") if s]:
+            path = os.path.join(work, f"scale_{size}")
+            synthetic_catalog(spark, size, 128, seed=0, partitions=max(8, size // 250_000)).write.parquet(path)
+            sdf = spark.read.parquet(path)
+            t = time.perf_counter()
+            m = ResidualKMeansTokenizer(levels=L, codebookSize=K, balance="none").fit(sdf)
+            tr = (time.perf_counter() - t) / (size / 1e6)
+            t = time.perf_counter()
+            write_sids(spark, m, sdf, os.path.join(work, f"sids_{size}"))
+            en = (time.perf_counter() - t) / (size / 1e6)
+            py, jvm = peak_rss_mb()
+            print(f"{size:>10,} {tr:>10.1f} {en:>11.1f} {py:>12.0f}, {jvm:>9.0f}")
+            shutil.rmtree(path, ignore_errors=True)
+    finally:
+        spark.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _faiss(faiss, r):
+    km_ = faiss.Kmeans(r.shape[1], K, niter=20, seed=1, verbose=False)
+    km_.train(np.ascontiguousarray(r, np.float32))
+    return km_.centroids
+
+
+def _spark_kmeans(spark, r):
+    import pandas as pd
+    from pyspark.ml.clustering import KMeans
+    from pyspark.ml.functions import array_to_vector
+
+    pdf = pd.DataFrame({"v": list(r.astype(np.float32))})
+    df = spark.createDataFrame(pdf).select(array_to_vector("v").alias("features")).cache()
+    df.count()
+    model = KMeans(k=K, maxIter=20, seed=1, initMode="k-means||").fit(df)
+    df.unpersist()
+    return np.array(model.clusterCenters())
+
+
+if __name__ == "__main__":
+    main()
