@@ -180,7 +180,7 @@ def resolve_collisions(items: DataFrame, model, mode: str, capacity: int = 1, fi
     rounds = 0
     if mode == "suffix":
         detail = ranked.select(id_col, sid_col, (F.col(F_MAX) + 1 + F.col("_r")).cast("int").alias(sfx),
-                               F.lit(False).alias(MOVED), (F.col(F_MAX) + 1 + F.col("_r") > 0).alias(OVERFLOW),
+                               F.lit(False).alias(MOVED), F.lit(False).alias(OVERFLOW),
                                D0, F.col(D0).alias(D), NORM)
     else:
         ranked = ranked.withColumn("_placed", F.col(F_PLACED) + F.col("_r") < capacity).drop(F_PLACED, F_MAX)
