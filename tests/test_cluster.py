@@ -5,6 +5,7 @@ executors, executors on another Python, job settings that ignore the Spark profi
 (the SIDs must equal the local-mode SIDs), exit codes a scheduler cannot act on.
 """
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -17,7 +18,8 @@ from chispa import assert_df_equality
 
 from sid_spark import ResidualKMeansModel, ResidualKMeansTokenizer
 from sid_spark.config import resolve
-from tests.cluster import build_wheel, spark_cluster  # noqa: F401  (spark_cluster is a fixture)
+from tests.cluster import (TEST_JAVA_OPTIONS, build_wheel, spark_cluster,  # noqa: F401  (spark_cluster: fixture)
+                           spark_submit, standalone_cluster)
 
 pytestmark = pytest.mark.cluster
 
@@ -25,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Tiny but not trivial: mini-batches smaller than the sample, three input files, two levels.
 OVERRIDES = ["levels=2", "codebook_size=8", "seed=11", "balance=none", "max_iter=3", "batch_size=700",
              "init_factor=20", "block_rows=256"]
+DEDUP = "suffix"  # one pass; conf/dedup.yaml's reassign needs a sparser catalog than 2000 items on 64 SIDs
 PROFILE_BATCH_ROWS = "10000"  # spark.sql.execution.arrow.maxRecordsPerBatch in conf/spark/local.conf
 
 PROBE = '''
@@ -110,37 +113,88 @@ def test_executors_import_the_shipped_package_with_the_venv_python_and_the_profi
     assert {f.split("/worker-")[1].split("/")[0] for f in files} == {"0", "1"}, files
 
 
-def test_train_and_encode_on_the_cluster_equal_local_mode(spark_cluster, shipped, catalog, spark, tmp_path):
-    model_dir, sids_dir = tmp_path / "model", tmp_path / "sids"
+@pytest.fixture(scope="module")
+def on_cluster(spark_cluster, shipped, catalog, tmp_path_factory):
+    """train -> encode -> dedup -> evaluate, each step a spark-submit to the cluster, wired as the DAG wires them."""
+    run = tmp_path_factory.mktemp("run")
+    paths = {step: run / step for step in ("model", "sids", "dedup", "eval")}
     sets = [a for o in OVERRIDES for a in ("--set", o)]
-    train = submit(spark_cluster, shipped, "train.py", "--config", "conf/train.yaml", *sets,
-                   "--input", str(catalog), "--model", str(model_dir), name="train")
-    check(train, spark_cluster)
-    log = train.stdout + train.stderr
-    # A long job says where it is: level and iteration, in the driver log.
-    assert "level 1/2 iter 1/3" in log and "level 2/2 iter" in log
-    encode = submit(spark_cluster, shipped, "encode.py", "--config", "conf/encode.yaml", "--input", str(catalog),
-                    "--model", str(model_dir), "--output", str(sids_dir), name="encode")
-    check(encode, spark_cluster)
-    manifest = json.loads((sids_dir / "_manifest.json").read_text())
-    assert (manifest["items_read"], manifest["items_encoded"], manifest["items_rejected"]) == (2000, 2000, 0)
+    steps = {
+        "train": ["--config", "conf/train.yaml", *sets, "--input", str(catalog), "--model", str(paths["model"])],
+        "encode": ["--config", "conf/encode.yaml", "--input", str(catalog), "--model", str(paths["model"]),
+                   "--output", str(paths["sids"])],
+        "dedup": ["--config", "conf/dedup.yaml", "--set", f"dedup={DEDUP}", "--input", str(catalog),
+                  "--sids", str(paths["sids"]), "--model", str(paths["model"]), "--output", str(paths["dedup"])],
+        "evaluate": ["--config", "conf/evaluate.yaml", "--sids", str(paths["dedup"]), "--model",
+                     str(paths["model"]), "--embeddings", str(catalog), "--output", str(paths["eval"])],
+    }
+    logs = {}
+    for step, args in steps.items():
+        proc = submit(spark_cluster, shipped, f"{step}.py", *args, name=step)
+        check(proc, spark_cluster)
+        logs[step] = proc.stdout + proc.stderr
+    return paths, logs
 
-    # Local mode, in-process, same config: the reference.
+
+@pytest.fixture(scope="module")
+def local_run(spark, catalog):
+    """The reference: the same config in local mode, in-process, through the Python API."""
     cfg = resolve(str(ROOT / "conf" / "train.yaml"), OVERRIDES).tokenizer
     df = spark.read.parquet(str(catalog))
-    local = ResidualKMeansTokenizer(cfg).fit(df)
-    remote = ResidualKMeansModel.load(str(model_dir))
+    model = ResidualKMeansTokenizer(cfg).fit(df)
+    return df, model, model.encode(df).sids
+
+
+def test_a_long_job_logs_its_level_and_iteration(on_cluster):
+    _, logs = on_cluster
+    assert "level 1/2 iter 1/3" in logs["train"] and "level 2/2 iter" in logs["train"]
+
+
+def test_train_and_encode_on_the_cluster_equal_local_mode(on_cluster, local_run, spark):
+    paths, _ = on_cluster
+    _, local, local_sids = local_run
+    remote = ResidualKMeansModel.load(str(paths["model"]))
     for a, b in zip(local.codebooks, remote.codebooks):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
-    want = local.encode(df).sids.select("item_id", "sid")
-    got = spark.read.parquet(str(sids_dir)).select("item_id", "sid")
-    assert_df_equality(got, want, ignore_row_order=True, ignore_nullable=True)
+    manifest = json.loads((paths["sids"] / "_manifest.json").read_text())
+    assert (manifest["items_read"], manifest["items_encoded"], manifest["items_rejected"]) == (2000, 2000, 0)
+    got = spark.read.parquet(str(paths["sids"])).select("item_id", "sid")
+    assert_df_equality(got, local_sids.select("item_id", "sid"), ignore_row_order=True, ignore_nullable=True)
 
 
-def test_a_failed_job_exits_non_zero_with_one_line_reason(spark_cluster, shipped, tmp_path):
-    proc = submit(spark_cluster, shipped, "encode.py", "--config", "conf/encode.yaml",
-                  "--input", str(tmp_path / "missing"), "--model", str(tmp_path / "no-model"),
-                  "--output", str(tmp_path / "out"), name="failing")
+def test_dedup_on_the_cluster_equals_local_mode_and_makes_sids_unique(on_cluster, local_run, spark):
+    from pyspark.sql import functions as F
+
+    from sid_spark.spark.dedup import dedup_sids, suffix_col_name
+    from sid_spark.spark.prepare import prepare
+
+    paths, _ = on_cluster
+    df, local, local_sids = local_run
+    model = ResidualKMeansModel(local.config.replace(dedup=DEDUP), local.codebooks, local.prices)
+    want = dedup_sids(local_sids, prepare(df, model.config, dim=model.dim).valid, model).sids
+    cols = ["item_id", "sid", suffix_col_name("sid")]
+    got = spark.read.parquet(str(paths["dedup"]))
+    assert_df_equality(got.select(*cols), want.select(*cols), ignore_row_order=True, ignore_nullable=True)
+    assert got.count() == 2000 and got.select(*cols[1:]).distinct().count() == 2000
+    # dedup only appends a suffix: the SIDs themselves are the encoded ones.
+    joined = got.join(spark.read.parquet(str(paths["sids"])).withColumnRenamed("sid", "encoded"), "item_id")
+    assert joined.filter(F.col("sid") != F.col("encoded")).count() == 0
+
+
+def test_evaluate_on_the_cluster_reports_on_the_deduplicated_table(on_cluster):
+    paths, _ = on_cluster
+    metrics = json.loads((paths["eval"] / "metrics.json").read_text())
+    assert metrics["n_items"] == 2000
+    assert (paths["eval"] / "report.html").is_file() and (paths["eval"] / "_manifest.json").is_file()
+
+
+def test_a_failed_job_exits_non_zero_with_one_line_reason(shipped, tmp_path):
+    # How spark-submit hands the job's exit code on does not depend on the master: local[1] spares two executors.
+    proc = spark_submit(["--master", "local[1]", "--conf", f"spark.driver.extraJavaOptions={TEST_JAVA_OPTIONS}",
+                         "--properties-file", "conf/spark/local.conf", "--py-files", str(shipped),
+                         str(ROOT / "jobs" / "encode.py"), "--config", "conf/encode.yaml",
+                         "--input", str(tmp_path / "missing"), "--model", str(tmp_path / "no-model"),
+                         "--output", str(tmp_path / "out")], cwd=ROOT, timeout=240)
     assert proc.returncode == 2, proc.stderr[-3000:]
     # spark-submit merges the Python driver's stderr into its stdout (PythonRunner); Airflow's SparkSubmitHook
     # reads both, so the one line lands in the task log either way.
@@ -148,3 +202,30 @@ def test_a_failed_job_exits_non_zero_with_one_line_reason(spark_cluster, shipped
     assert len(reasons) == 1, proc.stdout[-3000:]
     assert reasons[0].startswith("sid-spark encode: error:") and "no-model" in reasons[0]
     assert not (tmp_path / "out").exists()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def test_kill_worker_loses_the_machine_and_add_worker_brings_one_back(spark_cluster):
+    # Runs last in this module: the cluster ends with two (different) alive workers again.
+    victim = spark_cluster.kill_worker(0)
+    assert not _group_alive(victim.proc.pid)
+    spark_cluster._wait(lambda: spark_cluster.alive_workers() == 1, 60, "the master to drop the killed worker")
+    spark_cluster.add_worker()
+    assert spark_cluster.alive_workers() == 2 and len(spark_cluster.workers) == 2
+
+
+def test_every_process_is_stopped_when_the_body_fails(tmp_path):
+    groups = []
+    with pytest.raises(RuntimeError, match="test body failed"):
+        with standalone_cluster(tmp_path, workers=1) as cluster:
+            groups = [cluster.master.proc.pid, *(w.proc.pid for w in cluster.workers)]
+            assert cluster.alive_workers() == 1 and all(_group_alive(g) for g in groups)
+            raise RuntimeError("test body failed")
+    assert len(groups) == 2 and not any(_group_alive(g) for g in groups)

@@ -165,7 +165,10 @@ def test_gpu_profile_asks_for_gpus_with_a_real_discovery_script():
     assert float(p["spark.executor.resource.gpu.amount"]) == 1
     # tasks per GPU x GPU share per task = the executor's cores: every core gets a slice, none is left idle.
     assert int(p["spark.executor.cores"]) * float(p["spark.task.resource.gpu.amount"]) == 1
-    script = ROOT / p["spark.executor.resource.gpu.discoveryScript"]
+    # The path is the script's place in the image, where COPY conf /opt/sid_spark/conf puts it.
+    path = p["spark.executor.resource.gpu.discoveryScript"]
+    assert path.startswith("/opt/sid_spark/")
+    script = ROOT / path[len("/opt/sid_spark/"):]
     assert script.is_file() and os.access(script, os.X_OK)
 
 
