@@ -3,9 +3,9 @@ commands that write it."""
 import base64
 import json
 import re
+import shutil
 
 import numpy as np
-import pytest
 
 from sid_spark.metrics import formulas as fm
 from sid_spark.report import CHARTS, write_report
@@ -77,9 +77,10 @@ def test_evaluate_cli_writes_metrics_tables_and_report(tmp_path, spark, blobs):
     assert per_sid.count() == m["n_sids"] and per_sid.agg({"count": "sum"}).first()[0] == len(blobs)
     assert_self_contained((out / "report.html").read_text(encoding="utf-8"))
     # a SID table and a model that do not belong together are refused (exit 2, nothing written)
-    assert main(["train", "--input", str(tmp_path / "catalog"), "--model", str(tmp_path / "other"), *common,
-                 "--set", "seed=9"]) == 0
-    assert main(["evaluate", "--sids", str(tmp_path / "sids"), "--model", str(tmp_path / "other"),
+    shutil.copytree(tmp_path / "sids", tmp_path / "sids_other")
+    manifest = json.loads((tmp_path / "sids_other" / "_manifest.json").read_text())
+    (tmp_path / "sids_other" / "_manifest.json").write_text(json.dumps({**manifest, "model_id": "another"}))
+    assert main(["evaluate", "--sids", str(tmp_path / "sids_other"), "--model", str(tmp_path / "model"),
                  "--output", str(tmp_path / "bad")]) == 2
     assert not (tmp_path / "bad").exists()
 

@@ -11,7 +11,6 @@ What each pass costs (N items, L levels, K codes, Q queries):
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -191,7 +190,6 @@ def _reconstruction(sids: DataFrame, vectors: DataFrame, id_col: str, sid_col: s
 # ---- neighbourhoods --------------------------------------------------------------------------------------
 def _neighbourhoods(sids, vectors, id_col, sid_col, dim, levels, interactions_df, hit_ks, knn_queries,
                     max_transitions, user_col, items_col, seed, query_block, block_rows, device) -> dict:
-    spark = sids.sparkSession
     kmax = max(hit_ks)
     catalog = (vectors.join(sids.where(F.size(sid_col) == levels), on=id_col)
                .select(F.col(id_col).cast("long").alias("id"), VEC, sid_col, item_hash(id_col, seed).alias(HASH))
