@@ -6,6 +6,7 @@ comparable token budgets, each scored by the same metrics, rendered as compariso
 from __future__ import annotations
 
 import html
+import json
 import logging
 import math
 import time
@@ -17,7 +18,8 @@ from pyspark.sql import DataFrame, SparkSession
 
 from .config import ConfigError, TokenizerConfig
 from .encoder_tokenizer import EncoderTokenizer
-from .quality import collision_rate, level_summary, reconstruction_error as kmeans_reconstruction_error
+from .metrics import evaluate
+from .quality import reconstruction_error as kmeans_reconstruction_error
 from .spark.encode_generic import reconstruction_error
 from .spark.prepare import VEC, Prepared, prepare
 from .tokenizer import ResidualKMeansTokenizer
@@ -89,6 +91,8 @@ def run_comparison(spark: SparkSession, df: DataFrame, cfg: TokenizerConfig,
             try:
                 rows.append(_one(spark, name, prepared, cfg, spec_for(name, cfg, overrides, epochs),
                                  interactions_df, metrics_options or {}))
+                # A long comparison's finished rows survive in the log even if a later encoder kills the job.
+                log.info("compare row: %s", json.dumps(rows[-1].__dict__, default=str, sort_keys=True))
             except Exception as e:  # one failing encoder must not hide the others' numbers
                 log.exception("compare: %s failed", name)
                 rows.append(Row(name=name, error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
@@ -138,38 +142,22 @@ def _runs(sizes: Sequence[int]) -> List[str]:
 
 def _score(spark, row: Row, sids: DataFrame, prepared: Prepared, cfg: TokenizerConfig, k: int,
            interactions_df, options: dict) -> None:
-    """Usage, collisions, Gini and HitRate@10 from sid_spark.metrics.evaluate; when that module is absent, the
-    usage and collision numbers from sid_spark.quality (no Gini, no HitRate)."""
-    try:
-        from .metrics import evaluate
-    except ImportError:
-        evaluate = None
-    if evaluate is None:
-        levels = level_summary(sids, cfg.sid_col, _n_levels(sids, cfg), k)
-        row.utilization = [lv["utilization"] for lv in levels]
-        row.entropy_bits = [lv["entropy_bits"] for lv in levels]
-        row.collision_rate = collision_rate(sids, cfg.sid_col)
-        return
+    """Usage, entropy, collisions, SID Gini and HitRate@10 (SID ranking) from sid_spark.metrics.evaluate."""
     vectors = prepared.valid.select(cfg.id_col, VEC) if interactions_df is not None else None
     m = evaluate(spark, sids, sid_col=cfg.sid_col, id_col=cfg.id_col, codebook_size=k,
                  embeddings_df=vectors, vector_col=VEC, interactions_df=interactions_df,
-                 hit_ks=options.get("hit_ks", (10,)), **{k_: v for k_, v in options.items() if k_ != "hit_ks"})
-    row.utilization = [lv["utilization"] for lv in m.get("levels", [])]
-    row.entropy_bits = [lv["entropy_bits"] for lv in m.get("levels", [])]
+                 **{"hit_ks": (10,), **options})
+    levels = m.get("levels", [])
+    row.utilization = [lv["utilization"] for lv in levels]
+    row.entropy_bits = [lv["entropy_bits"] for lv in levels]
     row.collision_rate = m.get("collision_rate")
     row.sid_gini = m.get("sid_gini")
     hr = m.get("hitrate") or {}
     row.hitrate_10 = (hr.get("sid") or {}).get("10")
-    row.extra = {"gini_per_level": [lv.get("gini") for lv in m.get("levels", [])],
-                 "cond_entropy_bits": [lv.get("cond_entropy_bits") for lv in m.get("levels", [])],
+    row.extra = {"gini_per_level": [lv.get("gini") for lv in levels],
+                 "cond_entropy_bits": [lv.get("cond_entropy_bits") for lv in levels],
                  "hitrate_embedding_10": (hr.get("embedding") or {}).get("10"),
                  "n_sids": m.get("n_sids")}
-
-
-def _n_levels(sids: DataFrame, cfg: TokenizerConfig) -> int:
-    from pyspark.sql import functions as F
-
-    return int(sids.agg(F.max(F.size(cfg.sid_col))).first()[0])  # driver-ok: one row
 
 
 # ---- rendering ---------------------------------------------------------------------------------------------

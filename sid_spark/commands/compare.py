@@ -12,7 +12,8 @@ log = logging.getLogger("sid_spark.cli")
 
 
 def split_encoder_overrides(pairs):
-    """`--set rqvae.epochs=5` goes to one encoder, every other `--set` to the tokenizer config."""
+    """`--set rqvae.epochs=5` goes to one encoder, `--set metrics.knn_queries=200` to sid_spark.metrics.evaluate,
+    every other `--set` to the tokenizer config."""
     from ..compare import DEFAULT_SPECS
 
     per: dict = {}
@@ -20,7 +21,7 @@ def split_encoder_overrides(pairs):
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         name, dot, sub = key.strip().partition(".")
-        if sep and dot and name in DEFAULT_SPECS:
+        if sep and dot and (name in DEFAULT_SPECS or name == "metrics"):
             per.setdefault(name, {})[sub] = parse_value(value)
         else:
             rest.append(pair)
@@ -43,7 +44,8 @@ def cmd_compare(args) -> dict:
     df = read_input(spark, args.input)
     inter = read_input(spark, args.interactions) if args.interactions else None
     t0 = time.time()
-    rows = run_comparison(spark, df, settings.tokenizer, names, inter, per_encoder, args.epochs)
+    metrics_options = per_encoder.pop("metrics", {})
+    rows = run_comparison(spark, df, settings.tokenizer, names, inter, per_encoder, args.epochs, metrics_options)
 
     def write(staging: str) -> dict:
         write_text(spark, f"{staging}/comparison.md", to_markdown(rows))
