@@ -48,6 +48,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def group_processes(pgid: int) -> List[int]:
+    """Live (not zombie) processes of process group `pgid`. spark-class leaves a zombie `bash` behind (its
+    process substitution, orphaned when the JVM that exec'd over the script dies): dead, and not counted."""
+    live = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            live.append(int(stat.parent.name))
+    return live
+
+
 def spark_env(python: str = sys.executable) -> Dict[str, str]:
     """Environment for spark-class / spark-submit: this pyspark's SPARK_HOME, loopback only, and `python` on the
     driver and on every executor (the classic cluster failure is executors running another interpreter)."""
@@ -70,6 +84,10 @@ class Daemon:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def processes(self) -> List[int]:
+        """Live processes of this daemon's group: itself, and the executors and Python workers it forked."""
+        return group_processes(self.proc.pid)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the whole process group (daemon + the executors and Python workers it forked)."""

@@ -19,7 +19,7 @@ from chispa import assert_df_equality
 from sid_spark import ResidualKMeansModel, ResidualKMeansTokenizer
 from sid_spark.config import resolve
 from tests.cluster import (TEST_JAVA_OPTIONS, build_wheel, spark_cluster,  # noqa: F401  (spark_cluster: fixture)
-                           spark_submit, standalone_cluster)
+                           group_processes, spark_submit, standalone_cluster)
 
 pytestmark = pytest.mark.cluster
 
@@ -205,11 +205,7 @@ def test_a_failed_job_exits_non_zero_with_one_line_reason(shipped, tmp_path):
 
 
 def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
+    return bool(group_processes(pgid))
 
 
 def test_kill_worker_loses_the_machine_and_add_worker_brings_one_back(spark_cluster):
