@@ -65,6 +65,16 @@ def test_every_file_the_dockerfile_copies_exists():
         sources = [p for p in parts[:-1] if not p.startswith("--")]
         for src in sources:
             assert (ROOT / src).exists(), f"COPY source {src} does not exist (build context = repository root)"
+    # ... and none of them is kept out of the build context by the ignore file beside the Dockerfile.
+    import fnmatch
+
+    ignored = [ln.strip() for ln in (ROOT / "docker" / "Dockerfile.dockerignore").read_text().splitlines()
+               if ln.strip() and not ln.startswith("#")]
+    for parts in copies:
+        for src in (p for p in parts[:-1] if not p.startswith("--")):
+            prefixes = ["/".join(src.split("/")[:i]) for i in range(1, src.count("/") + 2)]
+            hits = [pat for pat in ignored for pre in prefixes if fnmatch.fnmatch(pre, pat)]
+            assert not hits, f"COPY source {src} is excluded by Dockerfile.dockerignore: {hits}"
 
 
 def test_the_images_entry_point_submits_a_real_job(tmp_path):
