@@ -80,6 +80,7 @@ def test_evaluate_cli_writes_metrics_tables_and_report(tmp_path, spark, blobs):
     shutil.copytree(tmp_path / "sids", tmp_path / "sids_other")
     manifest = json.loads((tmp_path / "sids_other" / "_manifest.json").read_text())
     (tmp_path / "sids_other" / "_manifest.json").write_text(json.dumps({**manifest, "model_id": "another"}))
+    (tmp_path / "sids_other" / "._manifest.json.crc").unlink(missing_ok=True)  # Hadoop's checksum of the old text
     assert main(["evaluate", "--sids", str(tmp_path / "sids_other"), "--model", str(tmp_path / "model"),
                  "--output", str(tmp_path / "bad")]) == 2
     assert not (tmp_path / "bad").exists()
