@@ -66,3 +66,23 @@ def test_rerun_gives_identical_model_and_sids(spark, runs, catalogs):
     assert model.model_id == runs[7][0].model_id
     write_sids(spark, model, df, str(catalogs / "rerun"))
     assert_df_equality(sorted_sids(spark, catalogs / "rerun"), sorted_sids(spark, runs[7][1]))
+
+
+@pytest.mark.slow
+def test_default_balanced_mode_is_partitioning_independent(spark, catalogs):
+    """balance="exact" (the default): prices, codebooks and the exactly balanced SIDs (ties broken by the id
+    hash) are the same from 1 or 64 files. Slow: the balanced encode runs a chain of repair rounds."""
+    params = {k: v for k, v in PARAMS.items() if k != "balance"}
+    assert ResidualKMeansTokenizer(**params).config.balance == "exact"
+    m1 = ResidualKMeansTokenizer(**params).fit(spark.read.parquet(str(catalogs / "cat1")))
+    m64 = ResidualKMeansTokenizer(**params).fit(spark.read.parquet(str(catalogs / "cat64")))
+    assert m1.model_id == m64.model_id
+    for a, b in zip(m1.prices, m64.prices):
+        np.testing.assert_array_equal(a, b)
+    # Each balanced encode is materialised once (its plan is a chain of repair rounds).
+    tables = {}
+    for n, model in ((1, m1), (64, m64)):
+        write_sids(spark, model, spark.read.parquet(str(catalogs / f"cat{n}")), str(catalogs / f"bal{n}"))
+        tables[n] = sorted_sids(spark, catalogs / f"bal{n}")
+    assert tables[1].count() == 2000
+    assert_df_equality(tables[64], tables[1])
