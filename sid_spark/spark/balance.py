@@ -24,7 +24,6 @@ from typing import List, Optional
 import numpy as np
 import pyarrow as pa
 import torch
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -129,10 +128,13 @@ def _caps_frame(spark, values: np.ndarray, col: str) -> DataFrame:
                                                            T.StructField("_room", T.LongType())])))
 
 
-def _persist(df: DataFrame) -> DataFrame:
-    df = df.persist(StorageLevel.MEMORY_AND_DISK)
-    df.count()
-    return df
+def _materialize(df: DataFrame) -> DataFrame:
+    """Compute `df` once and cut its lineage. Each level and repair round builds on the previous ones; without a
+    cut the logical plan grows with every round (its string alone exhausted the driver heap in a 3-level test).
+    A reliable checkpoint when the session has a checkpoint directory (survives a lost executor), else a local one."""
+    if df.sparkSession.sparkContext.getCheckpointDir():
+        return df.checkpoint(eager=True)
+    return df.localCheckpoint(eager=True)
 
 
 def balance_level(rows: DataFrame, id_col: str, lv: _Level, prices: Optional[np.ndarray], n: int,
@@ -143,13 +145,13 @@ def balance_level(rows: DataFrame, id_col: str, lv: _Level, prices: Optional[np.
     k = lv.codebooks[-1].shape[0]
     prices = np.zeros(k, np.float32) if prices is None else np.asarray(prices, np.float32)
 
-    cand = _persist(candidate_rows(rows, lv, prices))
+    cand = _materialize(candidate_rows(rows, lv, prices))
     counts = _code_counts(cand, FIRST, k)
     caps = bal.capacities(n, k, counts)
     by_code = Window.partitionBy(FIRST).orderBy(F.col(REGRET).desc(), F.col(HASH), F.col(id_col))
     ranked = cand.withColumn("_rank", F.row_number().over(by_code)).join(
         _caps_frame(spark, caps, FIRST), on=FIRST).withColumn("_ok", F.col("_rank") <= F.col("_room"))
-    ranked = ranked.persist(StorageLevel.MEMORY_AND_DISK)
+    ranked = _materialize(ranked)
     base_cols = [id_col, HASH, VEC, CODES]
     placed = [ranked.where(F.col("_ok")).select(*base_cols, F.col(FIRST).alias(CODE))]
     free = caps - np.minimum(counts, caps)
@@ -158,15 +160,13 @@ def balance_level(rows: DataFrame, id_col: str, lv: _Level, prices: Optional[np.
     stats.setdefault("overflow", []).append(n_over)
     log.info("level %d: %d of %d items overflow their first choice", lv.level + 1, n_over, n)
     rounds = 0
-    pending = [cand, ranked]
     while n_over > 0 and rounds < max_rounds:
         rounds += 1
         applied = nearest_free_rows(overflow, lv, prices, free)
         by_choice = Window.partitionBy(CHOICE).orderBy(F.col(COST), F.col(HASH), F.col(id_col))
         ranked = applied.withColumn("_rank", F.row_number().over(by_choice)).join(
             _caps_frame(spark, free, CHOICE), on=CHOICE).withColumn("_ok", F.col("_rank") <= F.col("_room"))
-        ranked = ranked.persist(StorageLevel.MEMORY_AND_DISK)
-        pending.append(ranked)
+        ranked = _materialize(ranked)
         # One job per round: the per-code acceptances (K rows) also tell how many items are still waiting.
         accepted_counts = np.zeros(k, np.int64)
         n_over = 0
@@ -196,9 +196,7 @@ def balance_level(rows: DataFrame, id_col: str, lv: _Level, prices: Optional[np.
     out = placed[0]
     for part in placed[1:]:
         out = out.unionByName(part)
-    out = _persist(out.select(id_col, HASH, VEC, F.concat(CODES, F.array(F.col(CODE))).alias(CODES)))
-    for df in pending:
-        df.unpersist()
+    out = _materialize(out.select(id_col, HASH, VEC, F.concat(CODES, F.array(F.col(CODE))).alias(CODES)))
     stats.setdefault("seconds", []).append(time.perf_counter() - started)
     return out
 
@@ -218,14 +216,14 @@ def greedy_level(rows: DataFrame, lv: _Level) -> DataFrame:
             cols = [col if name == CODES else batch.column(i) for i, name in enumerate(batch.schema.names)]
             yield pa.RecordBatch.from_arrays(cols, names=batch.schema.names)
 
-    return _persist(rows.mapInArrow(partition, schema))
+    return _materialize(rows.mapInArrow(partition, schema))
 
 
 def encode_balanced(valid: DataFrame, model, cfg, stats: Optional[dict] = None) -> DataFrame:
     """(id, sid) for every row of `valid` (id, _vec, _h), with exact capacities at every balanced level."""
     stats = {} if stats is None else stats
     id_col = cfg.id_col
-    rows = _persist(valid.select(id_col, HASH, VEC, F.array().cast(T.ArrayType(T.IntegerType())).alias(CODES)))
+    rows = _materialize(valid.select(id_col, HASH, VEC, F.array().cast(T.ArrayType(T.IntegerType())).alias(CODES)))
     n = rows.count()
     k = model.codebooks[0].shape[0]
     if n < k:
@@ -238,7 +236,6 @@ def encode_balanced(valid: DataFrame, model, cfg, stats: Optional[dict] = None) 
             nxt = balance_level(rows, id_col, lv, model.prices[level], n, cfg.balance_repair_rounds, stats)
         else:
             nxt = greedy_level(rows, lv)
-        rows.unpersist()
         rows = nxt
     stats["n_items"] = n
     return rows.select(id_col, F.col(CODES).alias(cfg.sid_col))
