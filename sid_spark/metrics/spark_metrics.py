@@ -87,8 +87,8 @@ def evaluate_full(spark: SparkSession, sids_df: DataFrame, *, sid_col: str = "si
         metrics["levels"] = level_rows
 
         per_sid = sids.groupBy(sid_col).agg(F.count(F.lit(1)).alias("count"))
-        hist = per_sid.groupBy("count").agg(F.count(F.lit(1)).alias("n_sids")).orderBy("count").collect()
-        # driver-ok: one row per distinct SID size, at most sqrt(2N) rows
+        hist = per_sid.groupBy("count").agg(F.count(F.lit(1)).alias("n_sids")).orderBy("count") \
+            .collect()  # driver-ok: one row per distinct SID size, at most sqrt(2N) rows
         sizes, mult = [int(r["count"]) for r in hist], [int(r["n_sids"]) for r in hist]
         sid = fm.sid_metrics(sizes, mult)
         metrics.update({k: v for k, v in sid.items() if k != "n_items"})
