@@ -43,17 +43,19 @@ def _explicit_keys(args) -> set:
 def write_sids(spark, model, df, output: str) -> dict:
     """Encode `df` and commit SIDs + rejects + manifest (with the accounting) atomically to `output`."""
     from ..spark.io import REJECTS, commit_output
+    from ..spark.prepare import prepare
 
     t0 = time.time()
-    res = model.encode(df)
+    prepared = prepare(df, model.config, dim=model.dim)  # once: the SIDs, rejects and fingerprints share it
+    res = model.encode_prepared(prepared)
 
     def write(staging: str) -> dict:
         res.sids.write.parquet(staging)
         res.rejects.write.parquet(f"{staging}/{REJECTS}")
-        _write_fingerprints(model, df, staging)
+        _write_fingerprints(model, prepared.valid, staging)
         n_sids = spark.read.parquet(staging).count()
         n_rej = spark.read.parquet(f"{staging}/{REJECTS}").count()
-        n_in = df.count()
+        n_in = prepared.n_read
         if n_in != n_sids + n_rej:
             raise SidSparkError(f"accounting mismatch: read {n_in} items, encoded {n_sids}, rejected {n_rej}")
         return {"kind": "sids", "model_id": model.model_id, "levels": model.levels,
@@ -67,10 +69,8 @@ def write_sids(spark, model, df, output: str) -> dict:
     return manifest
 
 
-def _write_fingerprints(model, df, staging: str) -> None:
+def _write_fingerprints(model, valid, staging: str) -> None:
     """(id, vector hash) beside the SIDs, so `encode --existing` can report ids whose vector changed."""
     from ..spark.dedup import FINGERPRINTS, fingerprints
-    from ..spark.prepare import prepare
 
-    valid = prepare(df, model.config, dim=model.dim).valid
     fingerprints(valid, model.config.id_col).write.parquet(f"{staging}/{FINGERPRINTS}")

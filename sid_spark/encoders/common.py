@@ -27,7 +27,7 @@ def lloyd(x: torch.Tensor, c: torch.Tensor, iters: int) -> torch.Tensor:
     """`iters` full-batch Lloyd steps from centroids c: (k, d), stopping early once they no longer move."""
     k = c.shape[0]
     for _ in range(iters):
-        codes, _ = km.assign(x, c)
+        codes = km.nearest(x, c)
         counts, sums = km.partial_stats(x, codes, k)
         new = km.lloyd_update(c, counts, sums)
         new, _, _ = km.split_empty(new, counts)
@@ -78,7 +78,7 @@ class AutoEncoder(nn.Module):
 
 def nearest(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """Codes (n,) int64 of the nearest codeword, one GEMM over the whole batch (ties to the lower code)."""
-    return km.assign(z.detach(), codebook.detach(), block_rows=max(1, z.shape[0]))[0]
+    return km.nearest(z.detach(), codebook.detach(), block_rows=max(1, z.shape[0]))
 
 
 def vq_losses(z: torch.Tensor, e: torch.Tensor):

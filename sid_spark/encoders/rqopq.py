@@ -63,7 +63,7 @@ class RQOPQ(Encoder):
         return [slice(m * ds, (m + 1) * ds) for m in range(self.params.opq_subspaces)]
 
     def _pq_codes(self, y: torch.Tensor) -> torch.Tensor:
-        return torch.stack([km.assign(y[:, s].contiguous(), c, block_rows=max(1, y.shape[0]))[0]
+        return torch.stack([km.nearest(y[:, s].contiguous(), c, block_rows=max(1, y.shape[0]))
                             for s, c in zip(self._slices(), self.sub_codebooks)], 1)
 
     def _pq_decode(self, codes: torch.Tensor) -> torch.Tensor:
@@ -77,7 +77,7 @@ class RQOPQ(Encoder):
         self.codebooks = []
         for level in range(p.rk_levels):
             cb = kmeans_fit(r, p.codebook_size, (p.seed, level), p.kmeans_iters, p.init_rows)
-            r -= cb[km.assign(r, cb)[0]]
+            r -= cb[km.nearest(r, cb)]
             self.codebooks.append(cb)
         self.rotation = torch.eye(self.dim, device=x.device)
         self.sub_codebooks = []

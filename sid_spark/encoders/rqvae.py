@@ -100,7 +100,7 @@ class RQVAE(Encoder):
 
     def _encode_block(self, x: torch.Tensor) -> torch.Tensor:
         z = self.net.ae.encode(x)
-        codes, _ = km.residual_encode(z, list(self.net.codebooks), block_rows=z.shape[0])
+        codes, _ = km.residual_encode(z, list(self.net.codebooks), block_rows=z.shape[0], with_residual=False)
         return codes
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:

@@ -207,7 +207,7 @@ def greedy_level(rows: DataFrame, lv: _Level) -> DataFrame:
 
     def partition(batches):
         for batch, r, cb in lv.batches(batches):
-            codes, _ = km.assign(r, cb, None, lv.block_rows)
+            codes = km.nearest(r, cb, None, lv.block_rows)
             prev = _prefix_codes(batch, lv.level)
             allc = torch.cat([prev, codes.cpu().unsqueeze(1)], 1).to(torch.int32).numpy()
             m = allc.shape[1]

@@ -60,9 +60,14 @@ def prepare(df: DataFrame, cfg: TokenizerConfig, dim: Optional[int] = None) -> P
             raise InputError("input has no rows with a non-empty vector")
         dim = input_dim
     size = F.size(VEC)
-    null_element = F.exists(F.col(VEC), lambda v: v.isNull())
-    bad_value = F.exists(F.col(VEC), lambda v: F.isnan(v) | (F.abs(v) == F.lit(float("inf"))))
-    all_zero = F.forall(F.col(VEC), lambda v: v == F.lit(0.0))
+    # Built-in array functions, not lambdas: Spark evaluates higher-order functions (exists/forall) element by
+    # element in the interpreter, which tripled the cost of reading the vectors; these are code-generated.
+    # array_contains(v, NaN) is null exactly when v holds a null and no NaN (a vector with both is non_finite);
+    # array_max ranks NaN above +inf and skips nulls.
+    hi, lo = F.array_max(VEC), F.array_min(VEC)
+    null_element = F.array_contains(F.col(VEC), F.lit(float("nan")).cast("float")).isNull()
+    bad_value = F.isnan(hi) | (hi == F.lit(float("inf"))) | (lo == F.lit(float("-inf")))
+    all_zero = (hi == F.lit(0.0)) & (lo == F.lit(0.0))
     reason = (F.when(F.col(cfg.id_col).isNull(), F.lit(NULL_ID))
               .when(F.col(VEC).isNull(), F.lit(NULL_VECTOR))
               .when(size == 0, F.lit(EMPTY_VECTOR))
@@ -74,20 +79,41 @@ def prepare(df: DataFrame, cfg: TokenizerConfig, dim: Optional[int] = None) -> P
     row_rejects = checked.where(F.col("reason").isNotNull()).select(cfg.id_col, "reason")
     clean = checked.where(F.col("reason").isNull()).drop("reason")
 
-    # Duplicate ids: identical copies collapse to one (the rest are rejected), differing copies are all
-    # rejected — no vector is chosen arbitrarily for an id.
-    grouped = clean.groupBy(cfg.id_col).agg(
-        F.count(F.lit(1)).alias("_n"),
-        F.min(F.xxhash64(VEC)).alias("_vmin"),
-        F.max(F.xxhash64(VEC)).alias("_vmax"),
-        F.first(VEC).alias(VEC))
+    valid, dup_rejects = _drop_duplicate_ids(clean, cfg.id_col)
+    valid = valid.select(cfg.id_col, VEC, item_hash(cfg.id_col, cfg.seed).alias(HASH))
+    return Prepared(valid=valid, rejects=row_rejects.unionByName(dup_rejects), dim=dim, n_read=n_read)
+
+
+# Above this many duplicated ids the anti-join against them is a shuffle join rather than a broadcast one.
+BROADCAST_DUPLICATES = 1_000_000
+
+
+def _drop_duplicate_ids(clean: DataFrame, id_col: str):
+    """(rows with one copy per id, rejects for the other copies).
+
+    Identical copies collapse to one (the others are rejected as duplicate_id); differing copies are all
+    rejected — no vector is chosen arbitrarily for an id. Duplicates are found by shuffling (id, 64-bit vector
+    hash) only, never the vectors; the usual case, no duplicated id, costs that one small aggregation and leaves
+    the valid rows a narrow transformation of the input, so every later pass reads it without a shuffle.
+    """
+    dups = (clean.groupBy(id_col)
+            .agg(F.count(F.lit(1)).alias("_n"), F.min(F.xxhash64(VEC)).alias("_vmin"),
+                 F.max(F.xxhash64(VEC)).alias("_vmax"))
+            .where(F.col("_n") > 1))
+    n_dup_ids = dups.count()
+    if n_dup_ids == 0:
+        return clean, clean.select(id_col, F.lit(DUPLICATE_ID).alias("reason")).limit(0)
     same = F.col("_vmin") == F.col("_vmax")
-    valid = grouped.where(same).select(cfg.id_col, VEC, item_hash(cfg.id_col, cfg.seed).alias(HASH))
-    dup_rejects = grouped.where((F.col("_n") > 1)).select(
-        cfg.id_col,
+    ids = dups.select(id_col, same.alias("_same"))
+    if n_dup_ids <= BROADCAST_DUPLICATES:
+        ids = F.broadcast(ids)
+    single = clean.join(ids, id_col, "left_anti")
+    collapsed = clean.join(ids.where(F.col("_same")).select(id_col), id_col, "left_semi").dropDuplicates([id_col])
+    rejects = dups.select(
+        id_col,
         F.explode(F.when(same, F.array_repeat(F.lit(DUPLICATE_ID), (F.col("_n") - 1).cast("int")))
                   .otherwise(F.array_repeat(F.lit(CONFLICTING_DUPLICATE_ID), F.col("_n").cast("int")))).alias("reason"))
-    return Prepared(valid=valid, rejects=row_rejects.unionByName(dup_rejects), dim=dim, n_read=n_read)
+    return single.unionByName(collapsed), rejects
 
 
 def check_structure(rows: DataFrame) -> tuple:

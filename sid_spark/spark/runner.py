@@ -90,7 +90,7 @@ def level_stats(rows: DataFrame, state: QuantizerState, level_codebook: np.ndarr
         acc = LevelStats(np.zeros(k, np.int64), np.zeros((k, dim), np.float64), 0.0, 0)
         for _, x in _batch_matrices(batches, dim, dev):
             _, r = km.residual_encode(x, cbs, prs, state.block_rows)
-            codes, _ = km.assign(r, cb, pr, state.block_rows)
+            codes = km.nearest(r, cb, pr, state.block_rows)
             counts, sums = km.partial_stats(r, codes, k)
             sse = float(((r - cb[codes]) ** 2).sum(dtype=torch.float64))
             acc = acc + LevelStats(counts.cpu().numpy(), sums.cpu().numpy(), sse, x.shape[0])
@@ -146,7 +146,7 @@ def encode_rows(rows: DataFrame, id_col: str, sid_col: str, state: QuantizerStat
         dev = task_device(state.device)
         cbs, prs = state.tensors(dev)
         for batch, x in _batch_matrices(batches, dim, dev):
-            codes, _ = km.residual_encode(x, cbs, prs, state.block_rows)
+            codes, _ = km.residual_encode(x, cbs, prs, state.block_rows, with_residual=False)
             flat = codes.to(torch.int32).cpu().numpy().reshape(-1)
             offsets = pa.array(np.arange(0, (x.shape[0] + 1) * n_levels, n_levels, dtype=np.int32))
             sid = pa.ListArray.from_arrays(offsets, pa.array(flat, pa.int32()))
