@@ -41,21 +41,31 @@ def _explicit_keys(args) -> set:
 
 
 def write_sids(spark, model, df, output: str) -> dict:
-    """Encode `df` and commit SIDs + rejects + manifest (with the accounting) atomically to `output`."""
+    """Encode `df` and commit SIDs + rejects + fingerprints + manifest (with the accounting) atomically to `output`.
+
+    Without a balanced level this is one pass over the vectors (sid_spark.spark.single_pass); a balanced level needs
+    the valid, de-duplicated rows first (its capacities depend on N), so it goes through prepare."""
+    from ..spark.dedup import FINGERPRINTS
     from ..spark.io import REJECTS, commit_output
     from ..spark.prepare import prepare
+    from ..spark.single_pass import write_greedy
 
     t0 = time.time()
-    prepared = prepare(df, model.config, dim=model.dim)  # once: the SIDs, rejects and fingerprints share it
-    res = model.encode_prepared(prepared)
+    balanced = any(model.config.balance_for(level) == "exact" for level in range(model.levels))
 
     def write(staging: str) -> dict:
-        res.sids.write.parquet(staging)
-        res.rejects.write.parquet(f"{staging}/{REJECTS}")
-        _write_fingerprints(model, prepared.valid, staging)
-        n_sids = spark.read.parquet(staging).count()
-        n_rej = spark.read.parquet(f"{staging}/{REJECTS}").count()
-        n_in = prepared.n_read
+        if balanced:
+            prepared = prepare(df, model.config, dim=model.dim)  # once: SIDs, rejects and fingerprints share it
+            res = model.encode_prepared(prepared)
+            res.sids.write.parquet(staging)
+            res.rejects.write.parquet(f"{staging}/{REJECTS}")
+            _write_fingerprints(model, prepared.valid, staging)
+            n_in = prepared.n_read
+            n_sids = spark.read.parquet(staging).count()
+            n_rej = spark.read.parquet(f"{staging}/{REJECTS}").count()
+        else:
+            n_in, n_sids, n_rej = write_greedy(spark, model, df, staging, f"{staging}/{REJECTS}",
+                                               f"{staging}/{FINGERPRINTS}")
         if n_in != n_sids + n_rej:
             raise SidSparkError(f"accounting mismatch: read {n_in} items, encoded {n_sids}, rejected {n_rej}")
         return {"kind": "sids", "model_id": model.model_id, "levels": model.levels,

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from ..config import TokenizerConfig
@@ -43,6 +43,27 @@ def item_hash(id_col: str, seed: int, salt: int = 0):
     return F.xxhash64(F.lit(int(seed)), F.lit(int(salt)), F.col(id_col))
 
 
+def row_reason(id_col: str, dim: int):
+    """Why a row (id_col, _vec) cannot be encoded at dimension `dim`, or null when it can."""
+    size = F.size(VEC)
+    # Built-in array functions, not lambdas: Spark evaluates higher-order functions (exists/forall) element by
+    # element in the interpreter, which tripled the cost of reading the vectors; these are code-generated.
+    # array_contains(v, NaN) is null exactly when v holds a null and no NaN (a vector with both is non_finite);
+    # array_max ranks NaN above +inf and skips nulls.
+    hi, lo = F.array_max(VEC), F.array_min(VEC)
+    null_element = F.array_contains(F.col(VEC), F.lit(float("nan")).cast("float")).isNull()
+    bad_value = F.isnan(hi) | (hi == F.lit(float("inf"))) | (lo == F.lit(float("-inf")))
+    all_zero = (hi == F.lit(0.0)) & (lo == F.lit(0.0))
+    reason = (F.when(F.col(id_col).isNull(), F.lit(NULL_ID))
+              .when(F.col(VEC).isNull(), F.lit(NULL_VECTOR))
+              .when(size == 0, F.lit(EMPTY_VECTOR))
+              .when(size != F.lit(dim), F.lit(WRONG_DIMENSION))
+              .when(null_element, F.lit(NULL_ELEMENT))
+              .when(bad_value, F.lit(NON_FINITE))
+              .when(all_zero, F.lit(ZERO_VECTOR)))
+    return reason
+
+
 def prepare(df: DataFrame, cfg: TokenizerConfig, dim: Optional[int] = None) -> Prepared:
     """Split `df` into valid rows (id, float vector, hash) and rejected rows (id, reason).
 
@@ -59,22 +80,7 @@ def prepare(df: DataFrame, cfg: TokenizerConfig, dim: Optional[int] = None) -> P
         if input_dim is None:
             raise InputError("input has no rows with a non-empty vector")
         dim = input_dim
-    size = F.size(VEC)
-    # Built-in array functions, not lambdas: Spark evaluates higher-order functions (exists/forall) element by
-    # element in the interpreter, which tripled the cost of reading the vectors; these are code-generated.
-    # array_contains(v, NaN) is null exactly when v holds a null and no NaN (a vector with both is non_finite);
-    # array_max ranks NaN above +inf and skips nulls.
-    hi, lo = F.array_max(VEC), F.array_min(VEC)
-    null_element = F.array_contains(F.col(VEC), F.lit(float("nan")).cast("float")).isNull()
-    bad_value = F.isnan(hi) | (hi == F.lit(float("inf"))) | (lo == F.lit(float("-inf")))
-    all_zero = (hi == F.lit(0.0)) & (lo == F.lit(0.0))
-    reason = (F.when(F.col(cfg.id_col).isNull(), F.lit(NULL_ID))
-              .when(F.col(VEC).isNull(), F.lit(NULL_VECTOR))
-              .when(size == 0, F.lit(EMPTY_VECTOR))
-              .when(size != F.lit(dim), F.lit(WRONG_DIMENSION))
-              .when(null_element, F.lit(NULL_ELEMENT))
-              .when(bad_value, F.lit(NON_FINITE))
-              .when(all_zero, F.lit(ZERO_VECTOR)))
+    reason = row_reason(cfg.id_col, dim)
     checked = rows.withColumn("reason", reason)
     row_rejects = checked.where(F.col("reason").isNotNull()).select(cfg.id_col, "reason")
     clean = checked.where(F.col("reason").isNull()).drop("reason")
@@ -109,21 +115,28 @@ def _drop_duplicate_ids(clean: DataFrame, id_col: str):
         ids = F.broadcast(ids)
     single = clean.join(ids, id_col, "left_anti")
     collapsed = clean.join(ids.where(F.col("_same")).select(id_col), id_col, "left_semi").dropDuplicates([id_col])
-    rejects = dups.select(
+    return single.unionByName(collapsed), duplicate_rejects(dups, id_col)
+
+
+def duplicate_rejects(per_id: DataFrame, id_col: str) -> DataFrame:
+    """(id, reason) rows for ids seen _n > 1 times with vector hashes _vmin.._vmax: n-1 duplicate_id rejects when
+    every copy is the same vector (one is kept), n conflicting_duplicate_id rejects when they differ."""
+    same = F.col("_vmin") == F.col("_vmax")
+    return per_id.where(F.col("_n") > 1).select(
         id_col,
         F.explode(F.when(same, F.array_repeat(F.lit(DUPLICATE_ID), (F.col("_n") - 1).cast("int")))
                   .otherwise(F.array_repeat(F.lit(CONFLICTING_DUPLICATE_ID), F.col("_n").cast("int")))).alias("reason"))
-    return single.unionByName(collapsed), rejects
 
 
-def check_structure(rows: DataFrame) -> tuple:
-    """One aggregation pass over (_vec, _file): (rows read, input dimension or None), or a structural error.
+def check_structure(rows: DataFrame, length: Optional[Column] = None) -> tuple:
+    """One aggregation pass over (_vec, _file) — or (_file, `length`), a precomputed size(_vec) — giving
+    (rows read, input dimension or None), or a structural error.
 
     A file's dimension is its most common non-empty vector length (ties to the shorter); rows of another length
     in it are row-level rejects, but two files of different dimensions stop the job. A DataFrame that was not
     read from files counts as one file.
     """
-    length = F.size(VEC)
+    length = F.size(VEC) if length is None else length
     per_length = rows.groupBy(FILE, length.alias("_len")).count()
     usable = F.col("_len") > 0
     per_file = per_length.groupBy(FILE).agg(

@@ -154,3 +154,40 @@ def encode_rows(rows: DataFrame, id_col: str, sid_col: str, state: QuantizerStat
                                              names=[id_col, sid_col])
 
     return rows.select(id_col, VEC).mapInArrow(partition, out_schema)
+
+
+def encode_checked_rows(rows: DataFrame, id_col: str, sid_col: str, reason_col: str, state: QuantizerState,
+                        dim: int) -> DataFrame:
+    """Rows (id, _vec, reason, ...) -> (id, sid, reason, ...): rows with a null reason get their greedy SID, the
+    others a null SID; every column but _vec passes through. A rejected row's _vec must be null (or of length
+    `dim`): only the valid rows' values are handed to the kernel, zero-copy when a batch has no rejects."""
+    fields = [rows.schema[id_col], T.StructField(sid_col, T.ArrayType(T.IntegerType(), False), True)]
+    fields += [f for f in rows.schema if f.name not in (id_col, VEC)]
+    n_levels = len(state.codebooks)
+
+    def partition(batches):
+        configure_torch_for_task()
+        dev = task_device(state.device)
+        cbs, prs = state.tensors(dev)
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            names = batch.schema.names
+            ok = batch.column(names.index(reason_col)).is_null().to_numpy(zero_copy_only=False)
+            vec = batch.column(names.index(VEC))
+            if not ok.all():
+                vec = vec.filter(pa.array(ok))
+            codes = np.empty((0, n_levels), np.int32)
+            if len(vec):
+                x = zero_copy_tensor(arrow_matrix(vec, dim)).to(dev)
+                codes = km.residual_encode(x, cbs, prs, state.block_rows, with_residual=False)[0]
+                codes = codes.to(torch.int32).cpu().numpy()
+            offsets = np.zeros(batch.num_rows + 1, np.int32)
+            np.cumsum(np.where(ok, n_levels, 0), out=offsets[1:])
+            sid = pa.ListArray.from_arrays(pa.array(offsets), pa.array(codes.reshape(-1), pa.int32()),
+                                           mask=pa.array(~ok))
+            cols = [batch.column(names.index(id_col)), sid]
+            cols += [batch.column(names.index(f.name)) for f in fields[2:]]
+            yield pa.RecordBatch.from_arrays(cols, names=[f.name for f in fields])
+
+    return rows.mapInArrow(partition, T.StructType(fields))

@@ -1,0 +1,65 @@
+"""Greedy encoding of a whole catalog in one pass over its vectors: the `encode` job's path when no level is balanced.
+
+The general route (prepare -> encode -> rejects -> fingerprints) reads the vectors once per output plus once per check.
+Here one Spark job reads every row once: it computes the row's reject reason, vector hash and length, encodes the valid
+rows, and writes that narrow table (id, sid, reason, hash, length, file: tens of bytes a row) under the staging
+directory. Everything else — the structure check, duplicate ids, the SID, rejects and fingerprint tables — is an
+aggregation over that small table. Identical copies of an id carry the same SID (a row's codes depend on its vector
+alone), so collapsing duplicates after encoding gives exactly what collapsing them before would.
+"""
+from __future__ import annotations
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from ..errors import InputError
+from .dedup import FP
+from .prepare import FILE, VEC, check_structure, duplicate_rejects, row_reason
+from .runner import encode_checked_rows
+from .vectors import float_array_column
+
+REASON = "reason"
+LEN = "_len"
+ENCODED = "_encoded"
+
+
+def write_greedy(spark: SparkSession, model, df: DataFrame, staging: str, rejects: str, fingerprints: str) -> tuple:
+    """Write the SIDs (into `staging`, appended beside nothing but hidden folders), the rejects and the fingerprints
+    of `df`; returns (items read, SIDs written, rejects written). Structural errors (empty input, files of different
+    dimensions) raise InputError once the pass is done; the caller's staging directory then never becomes output."""
+    cfg = model.config
+    id_col = cfg.id_col
+    if id_col not in df.columns:
+        raise InputError(f"id column '{id_col}' not found (columns: {', '.join(df.columns)})")
+    rows = df.select(F.col(id_col), float_array_column(df, cfg.vector_col).alias(VEC),
+                     F.input_file_name().alias(FILE))
+    checked = (rows.withColumn(REASON, row_reason(id_col, model.dim))
+               .select(id_col, F.when(F.col(REASON).isNull(), F.col(VEC)).alias(VEC), REASON,
+                       F.xxhash64(VEC).alias(FP), F.size(VEC).alias(LEN), FILE))
+    encoded_path = f"{staging}/{ENCODED}"
+    encode_checked_rows(checked, id_col, cfg.sid_col, REASON, model.state(), model.dim).write.parquet(encoded_path)
+    encoded = spark.read.parquet(encoded_path)
+    n_read, _ = check_structure(encoded, F.col(LEN))
+
+    per_id = (encoded.where(F.col(REASON).isNull()).groupBy(id_col)
+              .agg(F.count(F.lit(1)).alias("_n"), F.min(FP).alias("_vmin"), F.max(FP).alias("_vmax"),
+                   F.first(cfg.sid_col).alias(cfg.sid_col))
+              .cache())
+    try:
+        kept = per_id.where(F.col("_vmin") == F.col("_vmax"))
+        kept.select(id_col, cfg.sid_col).write.mode("append").parquet(staging)
+        kept.select(id_col, F.col("_vmin").alias(FP)).write.parquet(fingerprints)
+        (encoded.where(F.col(REASON).isNotNull()).select(id_col, REASON)
+         .unionByName(duplicate_rejects(per_id, id_col)).write.parquet(rejects))
+    finally:
+        per_id.unpersist()
+    _delete(spark, encoded_path)
+    n_sids = spark.read.parquet(staging).count()
+    n_rej = spark.read.parquet(rejects).count()
+    return n_read, n_sids, n_rej
+
+
+def _delete(spark: SparkSession, path: str) -> None:
+    jvm = spark.sparkContext._jvm
+    p = jvm.org.apache.hadoop.fs.Path(path)
+    p.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).delete(p, True)
