@@ -63,9 +63,15 @@ def require(args, *names: str) -> None:
 
 
 def session(args, app: str):
+    from .config import resolve
     from .spark.session import get_session
 
-    return get_session(args.master, app_name=f"sid_spark-{app}")
+    try:  # only the key itself: compare's per-encoder --set overrides are not tokenizer keys
+        own = [o for o in (args.overrides or []) if o.strip().startswith("arrow_batch_rows=")]
+        rows = resolve(getattr(args, "config", None), own).tokenizer.arrow_batch_rows
+    except Exception:  # a bad config is reported by the command itself, with its own message
+        rows = None
+    return get_session(args.master, app_name=f"sid_spark-{app}", arrow_batch_rows=rows)
 
 
 # ---- entry point -------------------------------------------------------------------------------------------

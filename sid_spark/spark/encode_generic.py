@@ -4,7 +4,7 @@ worker deserialises them once (cached by model_id), and every Arrow batch is one
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 import pyarrow as pa

@@ -89,15 +89,46 @@ def level_stats(rows: DataFrame, state: QuantizerState, level_codebook: np.ndarr
         pr = None if level_prices is None else km.as_tensor(level_prices, dev)
         acc = LevelStats(np.zeros(k, np.int64), np.zeros((k, dim), np.float64), 0.0, 0)
         for _, x in _batch_matrices(batches, dim, dev):
-            _, r = km.residual_encode(x, cbs, prs, state.block_rows)
-            codes = km.nearest(r, cb, pr, state.block_rows)
-            counts, sums = km.partial_stats(r, codes, k)
-            sse = float(((r - cb[codes]) ** 2).sum(dtype=torch.float64))
-            acc = acc + LevelStats(counts.cpu().numpy(), sums.cpu().numpy(), sse, x.shape[0])
+            acc = acc + matrix_stats(x, cbs, prs, cb, pr, state.block_rows)
         yield pa.RecordBatch.from_arrays([pa.array([acc.to_bytes()], pa.binary())], ["stats"])
 
     blobs = rows.select(VEC).mapInArrow(partition, T.StructType([T.StructField("stats", T.BinaryType())]))
     return combine_stats(blobs, LevelStats(np.zeros(k, np.int64), np.zeros((k, dim), np.float64), 0.0, 0))
+
+
+def matrix_stats(x: torch.Tensor, cbs, prs, cb: torch.Tensor, pr: Optional[torch.Tensor],
+                 block_rows: int) -> LevelStats:
+    """Residuals of x through the frozen levels (cbs, prs), their nearest codes in cb (+ prices pr), and the
+    per-code counts, float64 sums and squared error."""
+    k = cb.shape[0]
+    _, r = km.residual_encode(x, cbs, prs, block_rows)
+    codes = km.nearest(r, cb, pr, block_rows)
+    counts, sums = km.partial_stats(r, codes, k)
+    sse = float(((r - cb[codes]) ** 2).sum(dtype=torch.float64))
+    return LevelStats(counts.cpu().numpy(), sums.cpu().numpy(), sse, x.shape[0])
+
+
+def batch_stats(batched, batch: int, state: QuantizerState, level_codebook: np.ndarray,
+                level_prices: Optional[np.ndarray], dim: int) -> LevelStats:
+    """level_stats over one mini-batch of a BatchedSample: a job on that batch's cached partitions only."""
+    k = level_codebook.shape[0]
+
+    def partition(arrays):
+        configure_torch_for_task()
+        dev = task_device(state.device)
+        cbs, prs = state.tensors(dev)
+        cb = km.as_tensor(level_codebook, dev)
+        pr = None if level_prices is None else km.as_tensor(level_prices, dev)
+        acc = LevelStats(np.zeros(k, np.int64), np.zeros((k, dim), np.float64), 0.0, 0)
+        for x in arrays:
+            if len(x):
+                acc = acc + matrix_stats(torch.from_numpy(x).to(dev), cbs, prs, cb, pr, state.block_rows)
+        yield acc.to_bytes()
+
+    total = LevelStats(np.zeros(k, np.int64), np.zeros((k, dim), np.float64), 0.0, 0)
+    for blob in batched.run(batch, partition):  # driver-ok: one K-sized blob per slot (executor core)
+        total = total + LevelStats.from_bytes(blob)
+    return total
 
 
 def combine_stats(blobs: DataFrame, empty: LevelStats, tree_above: int = 32) -> LevelStats:

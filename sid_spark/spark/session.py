@@ -28,8 +28,10 @@ def check_java() -> None:
             return
 
 
-def get_session(master: str | None = "local[*]", app_name: str = "sid_spark", conf: dict | None = None) -> SparkSession:
-    """The session jobs and the demo use. Workers run this very interpreter unless PYSPARK_PYTHON says otherwise."""
+def get_session(master: str | None = "local[*]", app_name: str = "sid_spark", conf: dict | None = None,
+                arrow_batch_rows: int | None = None) -> SparkSession:
+    """The session jobs and the demo use. Workers run this very interpreter unless PYSPARK_PYTHON says otherwise.
+    `arrow_batch_rows` (the config key) is the default Arrow batch size; a profile or --conf still wins."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app_name)
@@ -37,7 +39,7 @@ def get_session(master: str | None = "local[*]", app_name: str = "sid_spark", co
         builder = builder.master(master)
     defaults = {
         "spark.sql.execution.arrow.pyspark.enabled": "true",
-        "spark.sql.execution.arrow.maxRecordsPerBatch": "16384",
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(int(arrow_batch_rows or 16384)),
         "spark.sql.shuffle.partitions": "8",
         "spark.ui.enabled": "false",
         "spark.sql.session.timeZone": "UTC",
@@ -60,3 +62,4 @@ def get_session(master: str | None = "local[*]", app_name: str = "sid_spark", co
 
 def _is_active() -> bool:
     return SparkSession.getActiveSession() is not None
+

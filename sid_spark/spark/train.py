@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import List, Optional
 
 import numpy as np
 import torch
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ..config import TokenizerConfig
@@ -17,7 +15,8 @@ from ..errors import InputError
 from ..kernels import kmeans as km
 from ..kernels.balance import SinkhornBalancer
 from .prepare import HASH, VEC, Prepared
-from .runner import QuantizerState, level_stats
+from .batches import BatchedSample, batched_sample
+from .runner import QuantizerState, batch_stats
 
 log = logging.getLogger("sid_spark.train")
 
@@ -38,8 +37,9 @@ class TrainResult:
     history: List[dict] = field(default_factory=list)
 
 
-def training_sample(prepared: Prepared, cfg: TokenizerConfig):
-    """Persisted rows to train on (chosen by id hash, so independent of partitioning) and the catalog size."""
+def sample_rows(prepared: Prepared, cfg: TokenizerConfig):
+    """(rows (_vec, _u) to train on, catalog size N, expected sample size): the rows whose id hash falls in
+    [0, sample_size / N), with _u the hash rescaled to [0, 1). Chosen by id hash, so independent of partitioning."""
     n = prepared.valid.count()
     if n == 0:
         raise InputError("input has no valid rows to train on (see the rejects table)")
@@ -50,28 +50,43 @@ def training_sample(prepared: Prepared, cfg: TokenizerConfig):
     rows = prepared.valid.select(VEC, hash_unit().alias(UNIT))
     if frac < 1.0:
         rows = rows.where(F.col(UNIT) < F.lit(frac))
-    # Mini-batch b holds the sample rows whose hash falls in the b-th slice of [0, frac).
-    # Few fat partitions: every mini-batch iteration is one Spark job, and per-task overhead dominates small ones.
+    return rows.withColumn(UNIT, F.col(UNIT) / F.lit(frac)), n, int(round(n * frac))
+
+
+def training_sample(prepared: Prepared, cfg: TokenizerConfig):
+    """Persisted sample rows (_vec, _u) and the catalog size, for the encoders that train on a collected sample."""
+    rows, n, _ = sample_rows(prepared, cfg)
+    # Few fat partitions: per-task overhead dominates small ones.
     parts = max(1, min(rows.rdd.getNumPartitions(), prepared.valid.sparkSession.sparkContext.defaultParallelism))
-    # Sorted by hash within each partition, every cached column batch (10,000 rows) covers a narrow hash range, so
-    # the per-iteration filter skips by batch statistics all but ~1/n_batches of the cache instead of scanning it.
-    sample = (rows.withColumn(UNIT, F.col(UNIT) / F.lit(frac)).coalesce(parts).sortWithinPartitions(UNIT)
-              .persist(StorageLevel.MEMORY_AND_DISK))
+    sample = rows.coalesce(parts).persist(StorageLevel.MEMORY_AND_DISK)
     n_sample = sample.count()
-    if n_sample < cfg.codebook_size:
-        raise InputError(f"training sample of {n_sample} rows is smaller than codebook_size={cfg.codebook_size}; "
-                         f"raise sample_size")
+    _check_sample(n_sample, cfg)
     return sample, n, n_sample
 
 
-def init_rows(sample: DataFrame, m: int, dim: int) -> np.ndarray:
-    """The m sample rows with the smallest hash: the k-means++ seeding set, (m, d) float32, m = init_factor*K."""
-    picked = sample.orderBy(UNIT).limit(m).select(VEC).collect()  # driver-ok: init_factor*K rows, O(K*d)
-    return np.asarray([r[0] for r in picked], dtype=np.float32).reshape(-1, dim)
+def _check_sample(n_sample: int, cfg: TokenizerConfig) -> None:
+    if n_sample < cfg.codebook_size:
+        raise InputError(f"training sample of {n_sample} rows is smaller than codebook_size={cfg.codebook_size}; "
+                         f"raise sample_size")
 
 
-def train_level(sample: DataFrame, frozen: QuantizerState, init_x: np.ndarray, cfg: TokenizerConfig,
-                level: int, n_sample: int, dim: int, balanced: bool = False):
+def init_rows(batched: BatchedSample, m: int) -> np.ndarray:
+    """The m sample rows with the smallest hash: the k-means++ seeding set, (m, d) float32, m = init_factor*K.
+    Partitions of a BatchedSample are in hash order, rows too, so these are the first m rows of the first ones."""
+    picked, have = [], 0
+    for part in range(batched.rdd.getNumPartitions()):
+        if have >= m:
+            break
+        # driver-ok: at most m rows in all, O(init_factor * K * d)
+        got = batched.rdd.context.runJob(batched.rdd, lambda arrays, need=m - have: (x[:need] for x in arrays),
+                                         [part])
+        picked += [x for x in got if len(x)]
+        have += sum(len(x) for x in got)
+    return np.concatenate(picked)[:m] if picked else np.empty((0, batched.dim), np.float32)
+
+
+def train_level(batched: BatchedSample, frozen: QuantizerState, init_x: np.ndarray, cfg: TokenizerConfig,
+                level: int, dim: int, balanced: bool = False):
     """Fit the codebook of `level` on residuals of the frozen levels.
 
     A balanced level assigns by ``argmin ||r - c||^2 + p`` with prices re-solved on the seeding sample before
@@ -82,7 +97,7 @@ def train_level(sample: DataFrame, frozen: QuantizerState, init_x: np.ndarray, c
     prs = [None if p is None else torch.from_numpy(p) for p in frozen.prices]
     _, init_r = km.residual_encode(torch.from_numpy(init_x), cbs, prs, frozen.block_rows)
     centroids = km.kmeans_pp(init_r, k, rng)
-    n_batches = max(1, math.ceil(n_sample / cfg.batch_size))
+    n_batches = batched.n_batches
     seen = torch.zeros(k, dtype=torch.int64)
     balancer = SinkhornBalancer(init_r, frozen.block_rows) if balanced else None
     prices = None
@@ -90,10 +105,7 @@ def train_level(sample: DataFrame, frozen: QuantizerState, init_x: np.ndarray, c
     for it in range(cfg.max_iter):
         if balancer is not None:
             prices = balancer.prices(centroids)
-        b = it % n_batches
-        rows = sample if n_batches == 1 else sample.where(
-            (F.col(UNIT) >= F.lit(b / n_batches)) & (F.col(UNIT) < F.lit((b + 1) / n_batches)))
-        st = level_stats(rows, frozen, centroids.numpy(), prices, dim)
+        st = batch_stats(batched, it % n_batches, frozen, centroids.numpy(), prices, dim)
         counts = torch.from_numpy(st.counts)
         sums = torch.from_numpy(st.sums)
         if n_batches == 1:
@@ -124,16 +136,18 @@ def train_residual_kmeans(prepared: Prepared, cfg: TokenizerConfig, balanced=Non
     `balanced(level)` says whether a level is balanced; `start` resumes from already trained levels;
     `on_level(result)` is called after every level (checkpointing).
     """
-    sample, n, n_sample = training_sample(prepared, cfg)
+    rows, n, expected = sample_rows(prepared, cfg)
+    batched = batched_sample(rows, UNIT, expected, cfg.batch_size, prepared.dim)
     try:
-        init_x = init_rows(sample, min(n_sample, cfg.init_factor * cfg.codebook_size), prepared.dim)
+        n_sample = batched.n_rows
+        _check_sample(n_sample, cfg)
+        init_x = init_rows(batched, min(n_sample, cfg.init_factor * cfg.codebook_size))
         result = start or TrainResult([], [], n, n_sample)
         result.n_items, result.n_sample = n, n_sample
         for level in range(len(result.codebooks), cfg.levels):
             frozen = QuantizerState(tuple(result.codebooks), tuple(result.prices), cfg.block_rows, cfg.device)
             is_balanced = bool(balanced(level)) if balanced else False
-            cb, prices, hist = train_level(sample, frozen, init_x, cfg, level, n_sample, prepared.dim,
-                                                is_balanced)
+            cb, prices, hist = train_level(batched, frozen, init_x, cfg, level, prepared.dim, is_balanced)
             result.codebooks.append(cb)
             result.prices.append(prices)
             result.history.extend(hist)
@@ -141,4 +155,4 @@ def train_residual_kmeans(prepared: Prepared, cfg: TokenizerConfig, balanced=Non
                 on_level(result)
         return result
     finally:
-        sample.unpersist()
+        batched.unpersist()
