@@ -45,6 +45,10 @@ class LevelStats:
     sse: float  # sum of squared distances to the assigned centre (no prices)
     rows: int
 
+    @staticmethod
+    def zeros(k: int, dim: int) -> "LevelStats":
+        return LevelStats(np.zeros(k, np.int64), np.zeros((k, dim), np.float64), 0.0, 0)
+
     def __add__(self, other: "LevelStats") -> "LevelStats":
         return LevelStats(self.counts + other.counts, self.sums + other.sums, self.sse + other.sse,
                           self.rows + other.rows)
@@ -82,18 +86,24 @@ def level_stats(rows: DataFrame, state: QuantizerState, level_codebook: np.ndarr
     k = level_codebook.shape[0]
 
     def partition(batches):
-        configure_torch_for_task()
-        dev = task_device(state.device)
-        cbs, prs = state.tensors(dev)
-        cb = km.as_tensor(level_codebook, dev)
-        pr = None if level_prices is None else km.as_tensor(level_prices, dev)
-        acc = LevelStats(np.zeros(k, np.int64), np.zeros((k, dim), np.float64), 0.0, 0)
+        dev, stats_of = _task_stats(state, level_codebook, level_prices)
+        acc = LevelStats.zeros(k, dim)
         for _, x in _batch_matrices(batches, dim, dev):
-            acc = acc + matrix_stats(x, cbs, prs, cb, pr, state.block_rows)
+            acc = acc + stats_of(x)
         yield pa.RecordBatch.from_arrays([pa.array([acc.to_bytes()], pa.binary())], ["stats"])
 
     blobs = rows.select(VEC).mapInArrow(partition, T.StructType([T.StructField("stats", T.BinaryType())]))
-    return combine_stats(blobs, LevelStats(np.zeros(k, np.int64), np.zeros((k, dim), np.float64), 0.0, 0))
+    return combine_stats(blobs, LevelStats.zeros(k, dim))
+
+
+def _task_stats(state: QuantizerState, level_codebook: np.ndarray, level_prices: Optional[np.ndarray]):
+    """Inside a task: (device, x -> LevelStats of x) with the frozen levels and the level's codebook on the device."""
+    configure_torch_for_task()
+    dev = task_device(state.device)
+    cbs, prs = state.tensors(dev)
+    cb = km.as_tensor(level_codebook, dev)
+    pr = None if level_prices is None else km.as_tensor(level_prices, dev)
+    return dev, lambda x: matrix_stats(x.to(dev), cbs, prs, cb, pr, state.block_rows)
 
 
 def matrix_stats(x: torch.Tensor, cbs, prs, cb: torch.Tensor, pr: Optional[torch.Tensor],
@@ -114,18 +124,14 @@ def batch_stats(batched, batch: int, state: QuantizerState, level_codebook: np.n
     k = level_codebook.shape[0]
 
     def partition(arrays):
-        configure_torch_for_task()
-        dev = task_device(state.device)
-        cbs, prs = state.tensors(dev)
-        cb = km.as_tensor(level_codebook, dev)
-        pr = None if level_prices is None else km.as_tensor(level_prices, dev)
-        acc = LevelStats(np.zeros(k, np.int64), np.zeros((k, dim), np.float64), 0.0, 0)
+        _, stats_of = _task_stats(state, level_codebook, level_prices)
+        acc = LevelStats.zeros(k, dim)
         for x in arrays:
             if len(x):
-                acc = acc + matrix_stats(torch.from_numpy(x).to(dev), cbs, prs, cb, pr, state.block_rows)
+                acc = acc + stats_of(torch.from_numpy(x))
         yield acc.to_bytes()
 
-    total = LevelStats(np.zeros(k, np.int64), np.zeros((k, dim), np.float64), 0.0, 0)
+    total = LevelStats.zeros(k, dim)
     for blob in batched.run(batch, partition):  # driver-ok: one K-sized blob per slot (executor core)
         total = total + LevelStats.from_bytes(blob)
     return total
