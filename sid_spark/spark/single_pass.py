@@ -41,18 +41,25 @@ def write_greedy(spark: SparkSession, model, df: DataFrame, staging: str, reject
     encoded = spark.read.parquet(encoded_path)
     n_read, _ = check_structure(encoded, F.col(LEN))
 
-    per_id = (encoded.where(F.col(REASON).isNull()).groupBy(id_col)
-              .agg(F.count(F.lit(1)).alias("_n"), F.min(FP).alias("_vmin"), F.max(FP).alias("_vmax"),
-                   F.first(cfg.sid_col).alias(cfg.sid_col))
-              .cache())
-    try:
-        kept = per_id.where(F.col("_vmin") == F.col("_vmax"))
-        kept.select(id_col, cfg.sid_col).write.mode("append").parquet(staging)
-        kept.select(id_col, F.col("_vmin").alias(FP)).write.parquet(fingerprints)
-        (encoded.where(F.col(REASON).isNotNull()).select(id_col, REASON)
-         .unionByName(duplicate_rejects(per_id, id_col)).write.parquet(rejects))
-    finally:
-        per_id.unpersist()
+    ok = encoded.where(F.col(REASON).isNull())
+    row_rejects = encoded.where(F.col(REASON).isNotNull()).select(id_col, REASON)
+    # The usual case, no id twice, is settled by counting ids (8 bytes a row); only then are SIDs aggregated per id.
+    if ok.groupBy(id_col).count().where(F.col("count") > 1).limit(1).count() == 0:
+        ok.select(id_col, cfg.sid_col).write.mode("append").parquet(staging)
+        ok.select(id_col, FP).write.parquet(fingerprints)
+        row_rejects.write.parquet(rejects)
+    else:
+        per_id = (ok.groupBy(id_col)
+                  .agg(F.count(F.lit(1)).alias("_n"), F.min(FP).alias("_vmin"), F.max(FP).alias("_vmax"),
+                       F.first(cfg.sid_col).alias(cfg.sid_col))
+                  .cache())
+        try:
+            kept = per_id.where(F.col("_vmin") == F.col("_vmax"))
+            kept.select(id_col, cfg.sid_col).write.mode("append").parquet(staging)
+            kept.select(id_col, F.col("_vmin").alias(FP)).write.parquet(fingerprints)
+            row_rejects.unionByName(duplicate_rejects(per_id, id_col)).write.parquet(rejects)
+        finally:
+            per_id.unpersist()
     _delete(spark, encoded_path)
     n_sids = spark.read.parquet(staging).count()
     n_rej = spark.read.parquet(rejects).count()
