@@ -68,7 +68,8 @@ def prepare(df: DataFrame, cfg: TokenizerConfig, dim: Optional[int] = None) -> P
     """Split `df` into valid rows (id, float vector, hash) and rejected rows (id, reason).
 
     Structural problems (missing column, wrong type, empty input, input files of different dimensions) raise
-    InputError after one aggregation pass, before any heavy work. dim=None (training) takes the input's
+    InputError after one aggregation pass, before any heavy work; a second, eager pass counts duplicated ids
+    (shuffling only id and vector hash) so that `valid` needs no shuffle when there are none. dim=None (training) takes the input's
     dimension; a given dim (encoding with a model) rejects rows of another length.
     """
     if cfg.id_col not in df.columns:
