@@ -69,8 +69,8 @@ def prepare(df: DataFrame, cfg: TokenizerConfig, dim: Optional[int] = None) -> P
 
     Structural problems (missing column, wrong type, empty input, input files of different dimensions) raise
     InputError after one aggregation pass, before any heavy work; a second, eager pass counts duplicated ids
-    (shuffling only id and vector hash) so that `valid` needs no shuffle when there are none. dim=None (training) takes the input's
-    dimension; a given dim (encoding with a model) rejects rows of another length.
+    (shuffling only id and vector hash) so that `valid` needs no shuffle when there are none. dim=None (training)
+    takes the input's dimension; a given dim (encoding with a model) rejects rows of another length.
     """
     if cfg.id_col not in df.columns:
         raise InputError(f"id column '{cfg.id_col}' not found (columns: {', '.join(df.columns)})")
