@@ -14,6 +14,7 @@ import yaml
 BALANCE_MODES = ("exact", "none")
 DEVICES = ("auto", "cpu", "cuda")
 DEDUP_MODES = ("none", "suffix", "reassign")
+MAX_CODEBOOK_SIZE = 16384
 
 
 class ConfigError(ValueError):
@@ -26,7 +27,8 @@ class TokenizerConfig:
     vector_col: str = "embedding"
     sid_col: str = "sid"
     levels: int = 3
-    codebook_size: int = 256
+    # Codes per level K: one int, or a list with one size per level (each 2..MAX_CODEBOOK_SIZE).
+    codebook_size: Any = 256
     seed: int = 42
     # Rows per mini-batch; a sample smaller than this trains by full-batch Lloyd.
     batch_size: int = 65536
@@ -54,13 +56,20 @@ class TokenizerConfig:
 
         for key in ("id_col", "vector_col", "sid_col"):
             need(isinstance(getattr(self, key), str) and getattr(self, key) != "", key, "must be a non-empty string")
-        for key in ("levels", "codebook_size", "batch_size", "sample_size", "init_factor", "max_iter",
+        for key in ("levels", "batch_size", "sample_size", "init_factor", "max_iter",
                     "block_rows", "arrow_batch_rows", "sid_capacity"):
             v = getattr(self, key)
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, key, "must be an integer >= 1")
         need(isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0, "seed",
              "must be an integer >= 0")
-        need(self.codebook_size >= 2, "codebook_size", "must be >= 2")
+        sizes = list(self.codebook_size) if isinstance(self.codebook_size, (list, tuple)) else [self.codebook_size]
+        need(len(sizes) >= 1 and all(isinstance(v, int) and not isinstance(v, bool) and 2 <= v <= MAX_CODEBOOK_SIZE
+                                     for v in sizes), "codebook_size",
+             f"must be an integer in [2, {MAX_CODEBOOK_SIZE}] or a list of them, one per level")
+        if isinstance(self.codebook_size, (list, tuple)):
+            need(len(sizes) == self.levels, "codebook_size",
+                 f"a list must have one size per level ({self.levels})")
+            object.__setattr__(self, "codebook_size", tuple(sizes))
         need(isinstance(self.tol, (int, float)) and self.tol >= 0, "tol", "must be a number >= 0")
         need(self.device in DEVICES, "device", f"must be one of {DEVICES}")
         need(self.dedup in DEDUP_MODES, "dedup", f"must be one of {DEDUP_MODES}")
@@ -74,6 +83,15 @@ class TokenizerConfig:
             need(len(self.balance) == self.levels, "balance", f"a list must have one mode per level ({self.levels})")
             object.__setattr__(self, "balance", tuple(self.balance))
 
+    def codebook_size_for(self, level: int) -> int:
+        """K of `level` (0-based)."""
+        return self.codebook_size[level] if isinstance(self.codebook_size, tuple) else self.codebook_size
+
+    @property
+    def codebook_sizes(self) -> tuple:
+        """K of every level."""
+        return tuple(self.codebook_size_for(level) for level in range(self.levels))
+
     def balance_for(self, level: int) -> str:
         """Balance mode of `level` (0-based)."""
         return self.balance[level] if isinstance(self.balance, tuple) else self.balance
@@ -82,6 +100,8 @@ class TokenizerConfig:
         d = dataclasses.asdict(self)
         if isinstance(d["balance"], tuple):
             d["balance"] = list(d["balance"])
+        if isinstance(d["codebook_size"], tuple):
+            d["codebook_size"] = list(d["codebook_size"])
         return d
 
     def replace(self, **changes: Any) -> "TokenizerConfig":
