@@ -3,6 +3,11 @@
 Distances are GEMM-shaped, ``||x||^2 - 2 x C^T + ||c||^2`` (faiss ``distances.cpp``), computed in blocks of a
 fixed number of rows: the last block is zero-padded so every row goes through the very same GEMM shape, which
 keeps a row's code independent of how many rows shared its Arrow batch (and so of the partitioning).
+
+Codebooks larger than ``code_tile`` codes are also cut into tiles of codes: a block's scores are computed one
+(block_rows, code_tile) tile at a time and a running minimum (and second minimum, for the regret) is carried across
+the tiles, so the score buffer stays block_rows x code_tile floats whatever K is (``task_memory_bytes`` states the
+whole bound). Ties keep the lower code, as one untiled argmin does; K <= code_tile takes the untiled path unchanged.
 """
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ import numpy as np
 import torch
 
 DEFAULT_BLOCK_ROWS = 4096
+# Codes per score tile: 4096 x 2048 float32 scores are 32 MiB; codebooks up to this size are never tiled.
+DEFAULT_CODE_TILE = 2048
 
 
 def as_tensor(a, device: torch.device | str = "cpu", dtype=torch.float32) -> torch.Tensor:
@@ -68,39 +75,97 @@ def _bias(centroids: torch.Tensor, prices: Optional[torch.Tensor]) -> torch.Tens
     return c_sq.unsqueeze(0)
 
 
+def _tiles(k: int, code_tile: int):
+    """[(lo, hi)] code ranges of width code_tile (one range when k <= code_tile)."""
+    return [(lo, min(lo + code_tile, k)) for lo in range(0, k, code_tile)]
+
+
+class _Scorer:
+    """Scores of one block against one codebook, tile by tile, into buffers allocated once per codebook."""
+
+    def __init__(self, centroids: torch.Tensor, bias: torch.Tensor, block_rows: int, code_tile: int):
+        self.cb, self.bias = centroids, bias
+        self.tiles = _tiles(centroids.shape[0], code_tile)
+        widths = sorted({hi - lo for lo, hi in self.tiles})
+        self.buffers = {w: torch.empty((block_rows, w), dtype=torch.float32, device=centroids.device)
+                        for w in widths}
+
+    def tile(self, xb: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        out = self.buffers[hi - lo]
+        if len(self.tiles) == 1:
+            return torch.addmm(self.bias, xb, self.cb.T, alpha=-2.0, out=out)
+        return torch.addmm(self.bias[:, lo:hi], xb, self.cb[lo:hi].T, alpha=-2.0, out=out)
+
+    def argmin(self, xb: torch.Tensor):
+        """(idx (block_rows,) int64, score (block_rows,) float32 or None when untiled) of each row's best code."""
+        if len(self.tiles) == 1:
+            return _argmin_rows(self.tile(xb, 0, self.cb.shape[0])), None
+        best_i = best_v = None
+        for lo, hi in self.tiles:
+            scores = self.tile(xb, lo, hi)
+            idx = _argmin_rows(scores)
+            val = scores.gather(1, idx.unsqueeze(1)).squeeze(1)
+            idx = idx + lo
+            if best_i is None:
+                best_i, best_v = idx, val.clone()
+            else:  # strict: on a tie the earlier tile (the lower code) stays
+                better = val < best_v
+                best_i = torch.where(better, idx, best_i)
+                best_v = torch.where(better, val, best_v)
+        return best_i, best_v
+
+    def topk(self, xb: torch.Tensor, m: int, topk: int):
+        """(values (m, topk), idx (m, topk)) ascending: the tiles' top-k merged into a running top-k."""
+        run_v = run_i = None
+        for lo, hi in self.tiles:
+            scores = self.tile(xb, lo, hi)[:m]
+            v, i = torch.topk(scores, min(topk, hi - lo), dim=1, largest=False, sorted=True)
+            i = i + lo
+            if run_v is not None:  # running entries first: among equal values the lower code comes first
+                v, i = torch.cat([run_v, v], 1), torch.cat([run_i, i], 1)
+                v, pos = torch.topk(v, topk, dim=1, largest=False, sorted=True)
+                i = i.gather(1, pos)
+            run_v, run_i = v, i
+        return run_v, run_i
+
+
 @torch.no_grad()
 def assign(x: torch.Tensor, centroids: torch.Tensor, prices: Optional[torch.Tensor] = None,
-           block_rows: int = DEFAULT_BLOCK_ROWS, topk: int = 1, with_dist: bool = True):
+           block_rows: int = DEFAULT_BLOCK_ROWS, topk: int = 1, with_dist: bool = True,
+           code_tile: int = DEFAULT_CODE_TILE):
     """Nearest code of every row, by ``||x - c||^2 + price``.
 
     x: (n, d) float32, centroids: (K, d) float32, prices: (K,) or None.
     Returns (codes (n,) int64, dist (n,) float32) for topk == 1, else ((n, topk), (n, topk)) sorted ascending;
     dist is None when with_dist is False (it costs a pass over x for ||x||^2).
     Ties go to the lower code index (torch's topk order is stable for equal values; see _argmin_rows).
+    Scores are computed in tiles of code_tile codes when K is larger (exact: the running top-k is merged).
     """
     n, d = x.shape
-    bias = _bias(centroids, prices)
+    scorer = _Scorer(centroids, _bias(centroids, prices), block_rows, code_tile)
     shape = (n,) if topk == 1 else (n, topk)
     codes = torch.empty(shape, dtype=torch.int64, device=x.device)
     dist = torch.empty(shape, dtype=torch.float32, device=x.device) if with_dist else None
     # Every block is copied into one buffer: one GEMM shape and one memory alignment for every row (BLAS may
     # pick its code path by alignment); the last block is zero-padded.
     xb = torch.zeros((block_rows, d), dtype=x.dtype, device=x.device)
-    scores = torch.empty((block_rows, centroids.shape[0]), dtype=torch.float32, device=x.device)
     for start, stop in _blocks(n, block_rows):
         m = stop - start
         xb[:m] = x[start:stop]
         if m < block_rows:
             xb[m:] = 0
-        torch.addmm(bias, xb, centroids.T, alpha=-2.0, out=scores)
         if topk == 1:
-            idx = _argmin_rows(scores)[:m]
+            idx, best = scorer.argmin(xb)
+            idx = idx[:m]
             codes[start:stop] = idx
             if with_dist:
-                best = scores[:m].gather(1, idx.unsqueeze(1)).squeeze(1)
+                if best is None:
+                    best = scorer.buffers[centroids.shape[0]][:m].gather(1, idx.unsqueeze(1)).squeeze(1)
+                else:
+                    best = best[:m]
                 dist[start:stop] = best + (xb[:m] * xb[:m]).sum(1)
         else:
-            best, idx = torch.topk(scores[:m], topk, dim=1, largest=False, sorted=True)
+            best, idx = scorer.topk(xb, m, topk)
             codes[start:stop] = idx
             if with_dist:
                 dist[start:stop] = best + (xb[:m] * xb[:m]).sum(1, keepdim=True)
@@ -108,15 +173,16 @@ def assign(x: torch.Tensor, centroids: torch.Tensor, prices: Optional[torch.Tens
 
 
 def nearest(x: torch.Tensor, centroids: torch.Tensor, prices: Optional[torch.Tensor] = None,
-            block_rows: int = DEFAULT_BLOCK_ROWS) -> torch.Tensor:
+            block_rows: int = DEFAULT_BLOCK_ROWS, code_tile: int = DEFAULT_CODE_TILE) -> torch.Tensor:
     """(n,) int64 nearest code of every row, as assign() without the distances."""
-    return assign(x, centroids, prices, block_rows, with_dist=False)[0]
+    return assign(x, centroids, prices, block_rows, with_dist=False, code_tile=code_tile)[0]
 
 
 @torch.no_grad()
 def residual_encode(x: torch.Tensor, codebooks: Sequence[torch.Tensor],
                     prices: Optional[Sequence[Optional[torch.Tensor]]] = None,
-                    block_rows: int = DEFAULT_BLOCK_ROWS, with_residual: bool = True):
+                    block_rows: int = DEFAULT_BLOCK_ROWS, with_residual: bool = True,
+                    code_tile: int = DEFAULT_CODE_TILE):
     """Greedy residual quantisation through every level.
 
     One block of rows goes through all levels while it sits in cache: per level one GEMM into a reused score
@@ -129,8 +195,7 @@ def residual_encode(x: torch.Tensor, codebooks: Sequence[torch.Tensor],
     levels = []
     for level, cb in enumerate(codebooks):
         p = prices[level] if prices is not None else None
-        scores = torch.empty((block_rows, cb.shape[0]), dtype=torch.float32, device=x.device)
-        levels.append((cb, _bias(cb, p), scores))
+        levels.append((cb, _Scorer(cb, _bias(cb, p), block_rows, code_tile)))
     codes = torch.empty((n, len(levels)), dtype=torch.int64, device=x.device)
     r = torch.empty((n, d), dtype=x.dtype, device=x.device) if with_residual else None
     # One buffer for every block: one GEMM shape and one memory alignment for every row (BLAS may pick its code
@@ -142,15 +207,33 @@ def residual_encode(x: torch.Tensor, codebooks: Sequence[torch.Tensor],
         rb[:m] = x[start:stop]
         if m < block_rows:
             rb[m:] = 0
-        for level, (cb, bias, scores) in enumerate(levels):
-            torch.addmm(bias, rb, cb.T, alpha=-2.0, out=scores)
-            idx = _argmin_rows(scores)
+        for level, (cb, scorer) in enumerate(levels):
+            idx = scorer.argmin(rb)[0]
             torch.index_select(cb, 0, idx, out=shift)
             rb -= shift
             codes[start:stop, level] = idx[:m]
         if with_residual:
             r[start:stop] = rb[:m]
     return codes, r
+
+
+def task_memory_bytes(sizes: Sequence[int], dim: int, block_rows: int = DEFAULT_BLOCK_ROWS,
+                      code_tile: int = DEFAULT_CODE_TILE, topk: int = 2) -> int:
+    """Upper bound on the bytes a task's kernels allocate besides its input rows, for codebooks of `sizes` codes
+    (every level so far, the one being trained included) of dimension `dim`:
+
+      4 * sum(K_l) * (d + 1)                 codebooks and their ||c||^2 + price rows (float32)
+    + 8 * max(K_l) * (d + 1)                 one level's statistics: float64 sums and int64 counts
+    + 4 * b * d * 4 + 8 * b * d              block buffers: rows, gathered centres, residual, error term; float64 copy
+    + 4 * b * min(max K, T) * 2              score tiles (a full tile and the last, narrower one)
+    + 8 * b * (4 * topk + 4)                 running best / second best values and codes, merge buffers
+
+    with b = block_rows and T = code_tile: linear in K and d, independent of the number of rows, and at
+    K = 16,384, d = 4,096, 3 levels about 1.8 GB, of which 1.3 GB are the codebooks and one level's sums.
+    """
+    k_sum, k_max, b = int(sum(sizes)), int(max(sizes)), int(block_rows)
+    return (4 * k_sum * (dim + 1) + 8 * k_max * (dim + 1) + 4 * b * dim * 4 + 8 * b * dim
+            + 4 * b * min(k_max, code_tile) * 2 + 8 * b * (4 * topk + 4))
 
 
 def reconstruct(codes: torch.Tensor, codebooks: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -111,10 +111,18 @@ def matrix_stats(x: torch.Tensor, cbs, prs, cb: torch.Tensor, pr: Optional[torch
     """Residuals of x through the frozen levels (cbs, prs), their nearest codes in cb (+ prices pr), and the
     per-code counts, float64 sums and squared error."""
     k = cb.shape[0]
-    _, r = km.residual_encode(x, cbs, prs, block_rows)
-    codes = km.nearest(r, cb, pr, block_rows)
-    counts, sums = km.partial_stats(r, codes, k)
-    sse = float(((r - cb[codes]) ** 2).sum(dtype=torch.float64))
+    counts = torch.zeros(k, dtype=torch.int64, device=x.device)
+    sums = torch.zeros((k, x.shape[1]), dtype=torch.float64, device=x.device)
+    sse = 0.0
+    # block_rows rows at a time, so that the temporaries stay within km.task_memory_bytes whatever the slot's size;
+    # the kernels block by block_rows anyway, so every row's code is the one a single call would give.
+    for start in range(0, x.shape[0], block_rows):
+        xc = x[start:start + block_rows]
+        _, r = km.residual_encode(xc, cbs, prs, block_rows)
+        codes = km.nearest(r, cb, pr, block_rows)
+        counts += torch.bincount(codes, minlength=k)
+        sums.index_add_(0, codes, r.to(torch.float64))
+        sse += float(((r - cb[codes]) ** 2).sum(dtype=torch.float64))
     return LevelStats(counts.cpu().numpy(), sums.cpu().numpy(), sse, x.shape[0])
 
 
