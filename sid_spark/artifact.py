@@ -11,25 +11,19 @@ import io
 import json
 import os
 import platform
-import shutil
-import uuid
-from pathlib import Path
 from typing import Dict, Optional
 
 import numpy as np
 
+from . import storage
 from .errors import ArtifactError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def arrays_id(arrays: Dict[str, np.ndarray]) -> str:
@@ -61,65 +55,72 @@ def _own_version() -> str:
 
 def write_artifact(path: str | os.PathLike, kind: str, arrays: Dict[str, np.ndarray], meta: dict,
                    extra_json: Optional[Dict[str, dict]] = None) -> str:
-    """Write into a staging directory beside `path`, manifest last, then swap it in by rename. Returns model_id."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.staging-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        (staging / "codebooks.npz").write_bytes(buf.getvalue())
-        for name, obj in (extra_json or {}).items():
-            (staging / name).write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-        model_id = arrays_id(arrays)
-        files = sorted(p.name for p in staging.iterdir())
-        manifest = {"format_version": FORMAT_VERSION, "kind": kind, "model_id": model_id, **meta,
-                    "versions": library_versions(), "files": {f: _sha256(staging / f) for f in files}}
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        _swap_in(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    """Write into a staging directory beside `path` (any Hadoop filesystem), manifest last, then swap it in by
+    rename. An existing `path` is replaced only when it is an artifact of the same kind (or holds nothing but
+    training checkpoints). Returns model_id."""
+    from .spark.io import commit_output
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    blobs = {"codebooks.npz": buf.getvalue()}
+    for name, obj in (extra_json or {}).items():
+        blobs[name] = json.dumps(obj, indent=2, sort_keys=True, default=str).encode("utf-8")
+    model_id = arrays_id(arrays)
+    spark = storage.session()
+
+    def write(staging: str) -> dict:
+        storage.mkdirs(staging, spark)
+        for name, data in sorted(blobs.items()):
+            storage.write_bytes(storage.join(staging, name), data, spark, must_have_parent=True)
+        return {"format_version": FORMAT_VERSION, "kind": kind, "model_id": model_id, **meta,
+                "versions": library_versions(), "files": {f: _sha256(data) for f, data in sorted(blobs.items())}}
+
+    commit_output(spark, str(path), write, kind=kind, manifest_name=MANIFEST, allowed=(CHECKPOINTS,))
     return model_id
 
 
-def _swap_in(staging: Path, target: Path) -> None:
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(target, old)
-        os.rename(staging, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(staging, target)
+CHECKPOINTS = "_checkpoints"  # sid_spark.checkpoint's folder inside a model being trained
+
+
+def check_replaceable(path: str, kind: str) -> None:
+    """InputError (before any work) when `path` holds something that is not an artifact of `kind`."""
+    storage.check_replaceable(str(path), MANIFEST, kind, (CHECKPOINTS,))
 
 
 def read_artifact(path: str | os.PathLike, kind: Optional[str] = None):
     """(manifest, arrays, json files) of a complete, uncorrupted artifact; ArtifactError otherwise."""
-    root = Path(path)
-    if not root.is_dir():
-        raise ArtifactError(f"model artifact {str(root)!r} does not exist")
-    mpath = root / MANIFEST
-    if not mpath.is_file():
-        raise ArtifactError(f"model artifact {str(root)!r} is incomplete: no {MANIFEST} (was training interrupted?)")
+    root = str(path)
+    spark = storage.session()
+    if not storage.is_dir(root, spark):
+        from .spark.io import recover_output
+
+        recover_output(spark, root)  # a writer killed between its two renames: put the previous one back
+    if not storage.is_dir(root, spark):
+        raise ArtifactError(f"model artifact {root!r} does not exist")
+    names = storage.list_names(root, spark)
+    if MANIFEST not in names:
+        raise ArtifactError(f"model artifact {root!r} is incomplete: no {MANIFEST} (was training interrupted?)")
     try:
-        manifest = json.loads(mpath.read_text())
+        manifest = json.loads(storage.read_bytes(storage.join(root, MANIFEST), spark).decode("utf-8"))
     except ValueError as e:
-        raise ArtifactError(f"model artifact {str(root)!r}: {MANIFEST} is not valid JSON ({e})") from None
+        raise ArtifactError(f"model artifact {root!r}: {MANIFEST} is not valid JSON ({e})") from None
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"model artifact {str(root)!r} has format {manifest.get('format_version')}, "
+        raise ArtifactError(f"model artifact {root!r} has format {manifest.get('format_version')}, "
                             f"this sid_spark reads {FORMAT_VERSION}")
     if kind is not None and manifest.get("kind") != kind:
-        raise ArtifactError(f"model artifact {str(root)!r} holds a {manifest.get('kind')!r} model, not {kind!r}")
+        raise ArtifactError(f"model artifact {root!r} holds a {manifest.get('kind')!r} model, not {kind!r}")
+    blobs = {}
     for name, digest in manifest.get("files", {}).items():
-        f = root / name
-        if not f.is_file():
-            raise ArtifactError(f"model artifact {str(root)!r} is missing {name}")
-        if _sha256(f) != digest:
-            raise ArtifactError(f"model artifact {str(root)!r}: checksum mismatch on {name} (corrupted)")
-    with np.load(root / "codebooks.npz") as z:
+        if name not in names:
+            raise ArtifactError(f"model artifact {root!r} is missing {name}")
+        blobs[name] = storage.read_bytes(storage.join(root, name), spark)
+        if _sha256(blobs[name]) != digest:
+            raise ArtifactError(f"model artifact {root!r}: checksum mismatch on {name} (corrupted)")
+    if "codebooks.npz" not in blobs:
+        raise ArtifactError(f"model artifact {root!r} is missing codebooks.npz")
+    with np.load(io.BytesIO(blobs["codebooks.npz"])) as z:
         arrays = {k: z[k] for k in z.files}
     if arrays_id(arrays) != manifest.get("model_id"):
-        raise ArtifactError(f"model artifact {str(root)!r}: arrays do not match model_id (corrupted)")
-    docs = {p.name: json.loads(p.read_text()) for p in root.glob("*.json") if p.name != MANIFEST}
+        raise ArtifactError(f"model artifact {root!r}: arrays do not match model_id (corrupted)")
+    docs = {name: json.loads(data.decode("utf-8")) for name, data in blobs.items() if name.endswith(".json")}
     return manifest, arrays, docs

@@ -10,13 +10,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-import shutil
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from . import artifact
+from . import artifact, storage
 from .config import TokenizerConfig
 from .errors import ArtifactError, InputError
 from .spark.train import TrainResult
@@ -28,29 +26,32 @@ KIND = "train_checkpoint"
 _CORE = ("codebooks", "prices", "n_items", "n_sample", "history")
 _LEVEL_DIR = re.compile(r"^level_(\d+)$")
 # Keys that do not change the codebooks of the levels already trained: a resumed run may differ in these.
-_FREE_KEYS = ("levels", "balance", "device", "sid_col", "dedup", "sid_capacity", "arrow_batch_rows")
+_FREE_KEYS = ("levels", "balance", "device", "sid_col", "dedup", "sid_capacity", "arrow_batch_rows",
+              "max_reject_share")
 
 
-def checkpoint_root(model_path: str) -> Path:
-    return Path(model_path) / CHECKPOINTS
+def checkpoint_root(model_path: str) -> str:
+    return storage.join(str(model_path), CHECKPOINTS)
 
 
-def write_level(model_path: str, result: TrainResult, cfg: TokenizerConfig, n_read: Optional[int]) -> Path:
+def write_level(model_path: str, result: TrainResult, cfg: TokenizerConfig, n_read: Optional[int],
+                fingerprint: Optional[str] = None) -> str:
     """Checkpoint the len(result.codebooks) levels of `result` (atomically: staging dir + rename, manifest last)."""
     done = len(result.codebooks)
     arrays = {f"codebook_{i}": np.ascontiguousarray(c) for i, c in enumerate(result.codebooks)}
     arrays.update({f"prices_{i}": np.ascontiguousarray(p) for i, p in enumerate(result.prices) if p is not None})
     meta = {"levels_done": done, "dimension": int(result.codebooks[0].shape[1]), "seed": cfg.seed,
-            "n_read": n_read}
+            "n_read": n_read, "input_fingerprint": fingerprint}
     state = {"n_items": result.n_items, "n_sample": result.n_sample, "history": result.history,
              "extra": {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name not in _CORE}}
-    path = checkpoint_root(model_path) / f"level_{done}"
+    path = storage.join(checkpoint_root(model_path), f"level_{done}")
     artifact.write_artifact(path, KIND, arrays, meta, {"config.json": cfg.to_dict(), "state.json": state})
     log.info("checkpoint: %d level(s) written to %s", done, path)
     return path
 
 
-def latest(model_path: str, cfg: TokenizerConfig, dim: int, n_read: Optional[int]) -> Optional[TrainResult]:
+def latest(model_path: str, cfg: TokenizerConfig, dim: int, n_read: Optional[int],
+           fingerprint: Optional[str] = None) -> Optional[TrainResult]:
     """The most advanced complete checkpoint under `model_path`, checked against this run; None if there is none.
 
     Incomplete or corrupted checkpoints (a crash while writing one) are skipped for the previous level; a
@@ -58,16 +59,17 @@ def latest(model_path: str, cfg: TokenizerConfig, dim: int, n_read: Optional[int
     that no uninterrupted run gives).
     """
     root = checkpoint_root(model_path)
-    if not root.is_dir():
+    if not storage.is_dir(root):
         return None
-    found = sorted(((int(m.group(1)), p) for p in root.iterdir() if (m := _LEVEL_DIR.match(p.name))), reverse=True)
+    found = sorted(((int(m.group(1)), storage.join(root, name)) for name in storage.list_names(root)
+                    if (m := _LEVEL_DIR.match(name))), reverse=True)
     for done, path in found:
         try:
             manifest, arrays, docs = artifact.read_artifact(path, kind=KIND)
         except ArtifactError as e:
             log.warning("skipping checkpoint %s: %s", path, e)
             continue
-        _check_compatible(path, manifest, docs.get("config.json", {}), cfg, dim, n_read)
+        _check_compatible(path, manifest, docs.get("config.json", {}), cfg, dim, n_read, fingerprint)
         done = min(int(manifest["levels_done"]), cfg.levels)
         state = docs.get("state.json", {})
         history = [h for h in state.get("history", []) if h.get("level", 0) <= done]
@@ -84,8 +86,8 @@ def latest(model_path: str, cfg: TokenizerConfig, dim: int, n_read: Optional[int
     return None
 
 
-def _check_compatible(path: Path, manifest: dict, saved: dict, cfg: TokenizerConfig, dim: int,
-                      n_read: Optional[int]) -> None:
+def _check_compatible(path: str, manifest: dict, saved: dict, cfg: TokenizerConfig, dim: int,
+                      n_read: Optional[int], fingerprint: Optional[str] = None) -> None:
     now = cfg.to_dict()
     for key in sorted(set(now) | set(saved)):
         if key not in _FREE_KEYS and saved.get(key) != now.get(key):
@@ -103,8 +105,14 @@ def _check_compatible(path: Path, manifest: dict, saved: dict, cfg: TokenizerCon
     if n_read is not None and manifest.get("n_read") not in (None, n_read):
         raise InputError(f"cannot resume from {path}: it was trained on an input of {manifest.get('n_read')} rows, "
                          f"this input has {n_read} (rerun without --resume to start over)")
+    if fingerprint is not None and manifest.get("input_fingerprint") not in (None, fingerprint):
+        raise InputError(f"cannot resume from {path}: it was trained on another input of the same size (content "
+                         f"fingerprint {manifest.get('input_fingerprint')}, this input {fingerprint}; rerun without "
+                         f"--resume to start over)")
 
 
 def clear(model_path: str) -> None:
     """Drop every checkpoint under `model_path` (a fresh, non-resumed run)."""
-    shutil.rmtree(checkpoint_root(model_path), ignore_errors=True)
+    root = checkpoint_root(model_path)
+    if storage.exists(root):
+        storage.delete(root)

@@ -179,8 +179,9 @@ def render(metrics: dict, code_counts: Sequence[np.ndarray], title: str = "Seman
 
 
 def write_report(path: str, metrics: dict, code_counts: Sequence[np.ndarray], **kwargs) -> str:
-    """Render and write report.html to a local path; returns the HTML."""
+    """Render and write report.html to `path` (any Hadoop filesystem: through sid_spark.storage); returns the HTML."""
+    from . import storage
+
     text = render(metrics, code_counts, **kwargs)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+    storage.write_text(str(path), text)
     return text

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -133,12 +132,20 @@ class Vocabulary:
             raise VocabError("vocabulary file: the token list does not match its header (edited by hand?)")
         return vocab
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json())
+    def save(self, path: str) -> None:
+        """Write the vocabulary file (any Hadoop filesystem: through sid_spark.storage)."""
+        from . import storage
+
+        storage.write_text(str(path), self.to_json())
 
     @classmethod
-    def load(cls, path: str | Path) -> "Vocabulary":
-        return cls.from_json(Path(path).read_text())
+    def load(cls, path: str) -> "Vocabulary":
+        from . import storage
+
+        text = storage.read_text(str(path))
+        if text is None:
+            raise VocabError(f"vocabulary file {str(path)!r} does not exist")
+        return cls.from_json(text)
 
     # ---- Spark -------------------------------------------------------------------------------------------
     def token_column(self, sid_col: str, suffix_col: Optional[str] = None):

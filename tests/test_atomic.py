@@ -16,6 +16,7 @@ from chispa import assert_df_equality
 
 from sid_spark.cli import main
 from sid_spark.spark.io import MANIFEST, commit_output, read_input, recover_output
+from sid_spark.storage import LEASE_CONF
 from sid_spark.tokenizer import ResidualKMeansTokenizer
 from tests.conftest import make_df
 
@@ -62,6 +63,12 @@ def visible(parent: Path) -> list:
 
 
 def hidden_staging(parent: Path, name: str) -> list:
+    """The staging folders of `name` (not their .lease / .ckpt companions)."""
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith(f".{name}.staging-")
+                  and not p.name.endswith((".lease", ".ckpt")))
+
+
+def leftovers(parent: Path, name: str) -> list:
     return sorted(p.name for p in parent.iterdir() if p.name.startswith(f".{name}.staging-"))
 
 
@@ -114,9 +121,17 @@ def test_killed_encode_keeps_previous_output_and_rerun_is_idempotent(spark, mode
     assert visible(tmp_path) == ["ready", "sids"]
     assert {r["item_id"] for r in spark.read.parquet(str(out)).collect()} == set(range(400))
 
-    # The next run cleans the leftover staging directory and commits the new output.
-    assert encode(root, "v2", out) == 0
-    assert hidden_staging(tmp_path, "sids") == []
+    # Until its lease runs out, the dead writer cannot be told from a live one: its staging folder is kept.
+    recover_output(spark, str(out))
+    assert hidden_staging(tmp_path, "sids") == staged
+    # Once the lease has run out, the next run cleans the leftover staging directory and commits the new output.
+    spark.conf.set(LEASE_CONF, "1")
+    try:
+        time.sleep(1.5)
+        assert encode(root, "v2", out) == 0
+    finally:
+        spark.conf.unset(LEASE_CONF)
+    assert leftovers(tmp_path, "sids") == []
     first = spark.read.parquet(str(out)).orderBy("item_id")
     first_rows = first.collect()
     m1 = json.loads((out / MANIFEST).read_text())
@@ -124,7 +139,7 @@ def test_killed_encode_keeps_previous_output_and_rerun_is_idempotent(spark, mode
 
     # Rerunning a finished job: same rows, same manifest (but for the timing), nothing left over.
     assert encode(root, "v2", out) == 0
-    assert hidden_staging(tmp_path, "sids") == []
+    assert leftovers(tmp_path, "sids") == []
     assert_df_equality(spark.read.parquet(str(out)).orderBy("item_id"), spark.createDataFrame(first_rows,
                                                                                                first.schema))
     m2 = json.loads((out / MANIFEST).read_text())
@@ -135,7 +150,7 @@ def test_killed_encode_keeps_previous_output_and_rerun_is_idempotent(spark, mode
 def write_rows(spark, rows):
     def write(staging):
         spark.createDataFrame(rows, "x long").coalesce(1).write.parquet(staging)
-        return {"rows": len(rows)}
+        return {"kind": "test_rows", "rows": len(rows)}
     return write
 
 

@@ -1,13 +1,24 @@
-"""Reading inputs and committing outputs atomically (staging directory + rename, manifest inside)."""
+"""Reading inputs and committing outputs atomically (staging directory + rename, manifest inside), through
+sid_spark.storage (Hadoop's FileSystem, any scheme).
+
+An existing output is replaced only when it is a complete sid_spark output of the same kind; each writer stages
+into its own hidden folder, marked live by a lease (a heartbeat file), so a second writer or a reader never
+deletes the staging folder of a writer that still runs.
+"""
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import uuid
 from typing import Callable, Optional
 
 from pyspark.sql import DataFrame, SparkSession
 
+from .. import storage
 from ..errors import InputError
+
+log = logging.getLogger("sid_spark.io")
 
 MANIFEST = "_manifest.json"
 REJECTS = "_rejects"
@@ -28,98 +39,171 @@ def read_input(spark: SparkSession, source: str) -> DataFrame:
 
 
 def _looks_like_path(source: str) -> bool:
-    return "/" in source or source.endswith(".parquet") or ":" in source
-
-
-def _jpath(spark: SparkSession, path: str):
-    jvm = spark.sparkContext._jvm
-    p = jvm.org.apache.hadoop.fs.Path(path)
-    return p, p.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    return storage.looks_like_path(source)
 
 
 def _fs_exists(spark: SparkSession, path: str) -> bool:
-    p, fs = _jpath(spark, path)
-    return fs.exists(p)
+    return storage.exists(path, spark)
 
 
 def write_text(spark: SparkSession, path: str, text: str) -> None:
-    p, fs = _jpath(spark, path)
-    out = fs.create(p, True)
-    try:
-        out.write(bytearray(text.encode("utf-8")))
-    finally:
-        out.close()
+    storage.write_text(path, text, spark)
 
 
 def read_text(spark: SparkSession, path: str) -> Optional[str]:
-    p, fs = _jpath(spark, path)
-    if not fs.exists(p):
-        return None
-    jvm = spark.sparkContext._jvm
-    stream = fs.open(p)
-    try:
-        return jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
-    finally:
-        stream.close()
+    return storage.read_text(path, spark)
 
 
-def commit_output(spark: SparkSession, output: str, write: Callable[[str], dict]) -> dict:
+def _split(spark: SparkSession, output: str):
+    """(parent folder, last name) of `output`, qualified."""
+    p, fs = storage._path(output, spark)
+    q = fs.makeQualified(p)
+    parent = q.getParent()
+    return (parent.toString() if parent is not None else None), q.getName()
+
+
+def staging_prefix(spark: SparkSession, output: str) -> str:
+    parent, name = _split(spark, output)
+    return storage.join(parent, f".{name}.staging-")
+
+
+def commit_output(spark: SparkSession, output: str, write: Callable[[str], dict], kind: Optional[str] = None,
+                  manifest_name: str = MANIFEST, allowed: tuple = ()) -> dict:
     """Run `write(staging_dir)` (which writes every part of the output and returns the manifest), write the
     manifest last, then rename staging -> output. A killed job leaves only a hidden staging directory; the
-    previous output stays intact until the rename."""
-    out_path, fs = _jpath(spark, output)
-    parent = out_path.getParent()
-    if parent is not None and not fs.exists(parent):
-        fs.mkdirs(parent)
+    previous output stays intact until the rename.
+
+    Refused (InputError, nothing touched): an existing `output` that is not a complete sid_spark output of the
+    same kind (`kind`, else the manifest's), and a rejected share above the command's max_reject_share. While
+    `write` runs, reliable checkpoints go to a folder beside staging unless spark.checkpoint.dir is set."""
+    pol = storage.policy(output, spark)
+    kind = kind or pol.kind
+    existing = storage.check_replaceable(output, manifest_name, kind, allowed, spark)
+    parent, name = _split(spark, output)
+    if parent is None:
+        raise InputError(f"output {output!r} is the root of its filesystem")
+    if not storage.exists(parent, spark):
+        storage.mkdirs(parent, spark)
     recover_output(spark, output)
-    tag = uuid.uuid4().hex[:8]
-    staging = f"{output.rstrip('/')}.__staging-{tag}" if parent is None else \
-        parent.toString() + f"/.{out_path.getName()}.staging-{tag}"
-    jvm = spark.sparkContext._jvm
-    st_path = jvm.org.apache.hadoop.fs.Path(staging)
+    staging = storage.join(parent, f".{name}.staging-{uuid.uuid4().hex[:12]}")
+    lease = storage.Lease(staging + ".lease", spark)
+    ckpt = _checkpoints_begin(spark, staging + ".ckpt")
     try:
-        manifest = write(staging)
-        write_text(spark, staging + "/" + MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str))
-    except BaseException:
-        fs.delete(st_path, True)  # a failed write leaves nothing behind; a killed one is cleaned by recover_output
-        raise
-    if fs.exists(out_path):
-        old = jvm.org.apache.hadoop.fs.Path(staging + ".old")
-        if not fs.rename(out_path, old):
-            raise IOError(f"could not move the previous {output} aside")
-        if not fs.rename(st_path, out_path):
-            fs.rename(old, out_path)
-            raise IOError(f"could not commit {output}")
-        fs.delete(old, True)
-    elif not fs.rename(st_path, out_path):
-        raise IOError(f"could not commit {output}")
+        try:
+            manifest = write(staging)
+            new_kind = manifest.get("kind")
+            if existing is not None and new_kind and existing.get("kind") != new_kind:
+                raise InputError(f"output {output!r} holds a {existing.get('kind')!r} output, not {new_kind!r}: "
+                                 f"refusing to replace it")
+            storage.check_reject_share(output, manifest.get("items_read"), manifest.get("items_rejected"),
+                                       pol.max_reject_share)
+            if not storage.exists(staging, spark):  # never re-create a staging folder someone removed
+                raise IOError(f"the staging folder of {output} vanished while it was written (deleted by another "
+                              f"writer?); nothing was committed")
+            write_text(spark, storage.join(staging, manifest_name),
+                       json.dumps(manifest, indent=2, sort_keys=True, default=str))
+            # The output may have changed hands while we wrote: check again right before the swap.
+            storage.check_replaceable(output, manifest_name, new_kind or kind, allowed, spark)
+        except BaseException:
+            storage.delete(staging, spark)  # a failed write leaves nothing; a killed one is cleaned by recover_output
+            raise
+        won = _swap_in(spark, staging, output)
+    finally:
+        _checkpoints_end(spark, ckpt)
+        lease.release()
+    if not won:
+        text = read_text(spark, storage.join(output, manifest_name))
+        return json.loads(text) if text else manifest
     return manifest
 
 
-def recover_output(spark: SparkSession, output: str) -> None:
-    """Undo what a job killed inside `commit_output` left behind, before the next one writes `output`.
+def _swap_in(spark: SparkSession, staging: str, output: str) -> bool:
+    """Rename staging -> output (moving the previous output aside first). False when a concurrent writer
+    committed `output` between our check and our rename: Hadoop then moves staging *into* the output (as a
+    hidden folder that readers skip); it is removed and the other writer's complete output is kept."""
+    if storage.exists(output, spark):
+        old = staging + ".old"
+        if not storage.rename(output, old, spark):
+            raise IOError(f"could not move the previous {output} aside")
+        if not storage.rename(staging, output, spark):
+            if not storage.exists(output, spark):
+                storage.rename(old, output, spark)
+            raise IOError(f"could not commit {output}")
+        storage.delete(old, spark)
+    elif not storage.rename(staging, output, spark):
+        raise IOError(f"could not commit {output}")
+    nested = storage.join(output, staging.rstrip("/").rsplit("/", 1)[-1])
+    if storage.exists(nested, spark):
+        storage.delete(nested, spark)
+        log.warning("another writer committed %s at the same time; its complete output is kept", output)
+        return False
+    return True
 
-    Killed while writing: a hidden `.<name>.staging-<tag>` directory, deleted (never visible as output).
-    Killed between moving the previous output aside and renaming the new one in: `output` is missing and the
-    previous one sits in `.<name>.staging-<tag>.old`; it is renamed back. Killed after the commit, before the
-    clean-up: the `.old` directory is deleted.
-    """
-    out_path, fs = _jpath(spark, output)
-    parent = out_path.getParent()
-    if parent is None or not fs.exists(parent):
+
+# ---- reliable checkpoints of the output being written --------------------------------------------------------
+_CKPT_LOCK = threading.Lock()
+_CKPT = {"path": None, "users": 0}
+
+
+def _checkpoints_begin(spark: SparkSession, path: str) -> Optional[str]:
+    """Point the SparkContext's checkpoint folder at `path` (on the output's filesystem) unless the session has
+    one; nested or concurrent commits in one driver share the first one's folder."""
+    with _CKPT_LOCK:
+        if _CKPT["users"]:
+            _CKPT["users"] += 1
+            return _CKPT["path"]
+        if spark.sparkContext.getCheckpointDir():
+            return None  # the operator's spark.checkpoint.dir
+        storage.use_checkpoint_dir(spark, path)
+        _CKPT.update(path=path, users=1)
+        return path
+
+
+def _checkpoints_end(spark: SparkSession, path: Optional[str]) -> None:
+    if path is None:
         return
-    jvm = spark.sparkContext._jvm
-    pattern = jvm.org.apache.hadoop.fs.Path(parent, f".{out_path.getName()}.staging-*")
-    leftovers = sorted((st.getPath() for st in (fs.globStatus(pattern) or [])), key=lambda p: p.getName())
-    olds = [p for p in leftovers if p.getName().endswith(".old")]
-    if olds and not fs.exists(out_path):
-        newest = max(olds, key=lambda p: fs.getFileStatus(p).getModificationTime())
-        if not fs.rename(newest, out_path):
-            raise IOError(f"could not restore the previous {output} from {newest.toString()}")
+    with _CKPT_LOCK:
+        _CKPT["users"] -= 1
+        if _CKPT["users"] > 0:
+            return
+        owned = _CKPT["path"]
+        _CKPT.update(path=None, users=0)
+        storage.use_checkpoint_dir(spark, None)
+    storage.delete(owned, spark)
+
+
+def recover_output(spark: SparkSession, output: str) -> None:
+    """Undo what a dead writer of `output` left behind, before the next one writes it; a live writer's folders
+    (its lease's heartbeat is younger than the lease) are left alone.
+
+    Killed while writing: a hidden `.<name>.staging-<tag>` directory (+ `.lease`, `.ckpt`), deleted (never
+    visible as output). Killed between moving the previous output aside and renaming the new one in: `output`
+    is missing and the previous one sits in `.<name>.staging-<tag>.old`; it is renamed back. Killed after the
+    commit, before the clean-up: the `.old` directory is deleted.
+    """
+    parent, name = _split(spark, output)
+    if parent is None or not storage.exists(parent, spark):
+        return
+    prefix = storage.join(parent, f".{name}.staging-")
+    tags: dict = {}
+    for path in storage.glob(prefix + "*", spark):
+        tag = path[path.rfind(f".{name}.staging-") + len(f".{name}.staging-"):].split(".")[0]
+        tags.setdefault(tag, []).append(path)
+    dead = {t: ps for t, ps in tags.items() if not storage.lease_is_live(prefix + t + ".lease", spark)}
+    olds = [p for ps in dead.values() for p in ps if p.endswith(".old")]
+    if olds and not storage.exists(output, spark):
+        newest = max(olds, key=lambda p: storage.modification_ms(p, spark))
+        if not storage.rename(newest, output, spark):
+            raise IOError(f"could not restore the previous {output} from {newest}")
+        log.warning("restored the previous %s from %s (a writer died between its two renames)", output, newest)
         olds.remove(newest)
-    for p in leftovers:
-        if fs.exists(p):
-            fs.delete(p, True)
+        for ps in dead.values():
+            if newest in ps:
+                ps.remove(newest)
+    for ps in dead.values():
+        for p in sorted(ps, key=lambda p: p.endswith(".lease")):  # the lease last
+            if storage.exists(p, spark):
+                storage.delete(p, spark)
 
 
 def read_manifest(spark: SparkSession, output: str) -> Optional[dict]:
