@@ -48,6 +48,9 @@ class TokenizerConfig:
     # Rows per torch GEMM block: fixed so that every row sees the same kernel whatever the partitioning.
     block_rows: int = 4096
     arrow_batch_rows: int = 16384
+    # Largest share of the rows read that may be rejected; above it the job stops (exit 2) and keeps the previous
+    # output (a catalog of the wrong dimension, what an embedding-model change produces, is 100% rejected).
+    max_reject_share: float = 0.5
 
     def __post_init__(self) -> None:
         def need(cond: bool, key: str, msg: str) -> None:
@@ -71,6 +74,8 @@ class TokenizerConfig:
                  f"a list must have one size per level ({self.levels})")
             object.__setattr__(self, "codebook_size", tuple(sizes))
         need(isinstance(self.tol, (int, float)) and self.tol >= 0, "tol", "must be a number >= 0")
+        need(isinstance(self.max_reject_share, (int, float)) and not isinstance(self.max_reject_share, bool)
+             and 0 <= self.max_reject_share <= 1, "max_reject_share", "must be a number in [0, 1]")
         need(self.device in DEVICES, "device", f"must be one of {DEVICES}")
         need(self.dedup in DEDUP_MODES, "dedup", f"must be one of {DEDUP_MODES}")
         for key in ("balance_repair_rounds",):

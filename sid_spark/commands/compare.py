@@ -35,12 +35,14 @@ def split_encoder_overrides(pairs):
 def cmd_compare(args) -> dict:
     from ..compare import parse_encoders, run_comparison, to_html, to_markdown
     from ..spark.io import commit_output, read_input, write_text
+    from ..storage import guard_output
 
     require(args, "input", "output")
     per_encoder, rest = split_encoder_overrides(args.overrides)
     settings = resolve(args.config, rest)
     names = parse_encoders(args.encoders)
     spark = session(args, "compare")
+    guard_output(spark, args.output, args.input, args.interactions, kind="comparison")
     df = read_input(spark, args.input)
     inter = read_input(spark, args.interactions) if args.interactions else None
     t0 = time.time()
@@ -55,6 +57,6 @@ def cmd_compare(args) -> dict:
         return {"kind": "comparison", "encoders": names, "input": args.input, "interactions": args.interactions,
                 "seconds": time.time() - t0, "failed": [r.name for r in rows if r.error]}
 
-    manifest = commit_output(spark, args.output, write)
+    manifest = commit_output(spark, args.output, write, kind="comparison")
     print(to_markdown(rows))
     return manifest

@@ -37,6 +37,9 @@ def cmd_dedup(args) -> dict:
     if cfg.dedup == "none":
         raise ConfigError("config key 'dedup' is 'none': set it to suffix or reassign (--set dedup=suffix)")
     spark = session(args, "dedup")
+    from ..storage import guard_output  # issue 13: no overlap, nothing foreign replaced
+    guard_output(spark, args.output, args.input, args.sids, args.model,
+                 max_reject_share=settings.tokenizer.max_reject_share)
     check_same_model(read_manifest(spark, args.sids), model, f"SID table {args.sids!r}")
     sids = read_input(spark, args.sids)
     vectors = prepare(read_input(spark, args.input), cfg, dim=model.dim).valid

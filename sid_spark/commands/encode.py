@@ -23,6 +23,8 @@ def cmd_encode(args) -> dict:
     require(args, "input", "output", "model")
     settings = resolve(args.config, args.overrides)
     spark = session(args, "encode")
+    from ..storage import guard_output  # issue 13: no overlap, nothing foreign replaced
+    guard_output(spark, args.output, args.input, args.model, max_reject_share=settings.tokenizer.max_reject_share)
     overrides = {k: v for k, v in settings.tokenizer.to_dict().items()
                  if k in _explicit_keys(args)}
     model = ResidualKMeansModel.load(args.model, **overrides)

@@ -32,12 +32,14 @@ def cmd_train_encoder(args) -> dict:
     from ..encoder_tokenizer import EncoderTokenizer
     from ..spark.io import read_input
     from ..spark.prepare import prepare
+    from ..storage import check_no_overlap
 
     require(args, "input", "model", "encoder")
     enc_params, rest = _split(args.overrides)
     settings = resolve(args.config, rest)
     tok = EncoderTokenizer(args.encoder, settings.tokenizer, **enc_params)
     spark = session(args, "train-encoder")
+    check_no_overlap(args.model, args.input, spark=spark)
     df = read_input(spark, args.input)
     t0 = time.time()
     model = tok.fit_prepared(prepare(df, tok.config))
@@ -51,6 +53,7 @@ def cmd_train_encoder(args) -> dict:
 def cmd_encode_encoder(args) -> dict:
     from ..encoder_tokenizer import EncoderModel
     from ..spark.io import REJECTS, commit_output, read_input
+    from ..storage import guard_output
 
     require(args, "input", "output", "model")
     _, rest = _split(args.overrides)
@@ -59,6 +62,8 @@ def cmd_encode_encoder(args) -> dict:
     explicit = {**load_config_file(args.config), **parse_overrides(rest)}
     model = EncoderModel.load(args.model, **explicit)
     spark = session(args, "encode-encoder")
+    guard_output(spark, args.output, args.input, args.model, kind="sids",
+                 max_reject_share=model.config.max_reject_share)
     df = read_input(spark, args.input)
     t0 = time.time()
     res = model.encode(df)

@@ -22,6 +22,7 @@ JOB_KEYS = {"hit_ks": [10, 50], "knn_queries": 1000, "max_transitions": 100_000,
 def cmd_evaluate(args) -> dict:
     from ..metrics import evaluate_full
     from ..spark.io import read_input, read_manifest
+    from ..storage import guard_output
     from ..artifact import read_artifact
     from ..tokenizer import KIND
 
@@ -29,6 +30,7 @@ def cmd_evaluate(args) -> dict:
     settings = resolve(args.config, args.overrides, JOB_KEYS)
     cfg, job = settings.tokenizer, settings.extra
     spark = session(args, "evaluate")
+    guard_output(spark, args.output, args.sids, args.model, args.embeddings, args.interactions, kind="evaluation")
     sids = read_input(spark, args.sids)
     manifest = read_manifest(spark, args.sids) or {}
     id_col = manifest.get("id_col", cfg.id_col)
@@ -72,4 +74,4 @@ def write_evaluation(spark, ev, output: str, sources: dict | None = None, title:
         return {"kind": "evaluation", "n_items": ev.metrics["n_items"],
                 "files": ["metrics.json", "report.html", "per_code", "per_sid"]}
 
-    return commit_output(spark, output, write)
+    return commit_output(spark, output, write, kind="evaluation")
