@@ -107,7 +107,11 @@ def commit_output(spark: SparkSession, output: str, write: Callable[[str], dict]
         except BaseException:
             storage.delete(staging, spark)  # a failed write leaves nothing; a killed one is cleaned by recover_output
             raise
-        won = _swap_in(spark, staging, output)
+        try:
+            won = _swap_in(spark, staging, output)
+        except BaseException:
+            storage.delete(staging, spark)
+            raise
     finally:
         _checkpoints_end(spark, ckpt)
         lease.release()
@@ -121,17 +125,21 @@ def _swap_in(spark: SparkSession, staging: str, output: str) -> bool:
     """Rename staging -> output (moving the previous output aside first). False when a concurrent writer
     committed `output` between our check and our rename: Hadoop then moves staging *into* the output (as a
     hidden folder that readers skip); it is removed and the other writer's complete output is kept."""
-    if storage.exists(output, spark):
-        old = staging + ".old"
-        if not storage.rename(output, old, spark):
-            raise IOError(f"could not move the previous {output} aside")
-        if not storage.rename(staging, output, spark):
-            if not storage.exists(output, spark):
+    old = staging + ".old"
+    for _ in range(3):  # the previous output may vanish under us (another writer moving it aside): look again
+        if storage.exists(output, spark) and not storage.rename(output, old, spark):
+            continue
+        if storage.rename(staging, output, spark):
+            break
+        if storage.exists(old, spark):  # put the previous output back unless another writer's is there now
+            if storage.exists(output, spark):
+                storage.delete(old, spark)
+            else:
                 storage.rename(old, output, spark)
-            raise IOError(f"could not commit {output}")
+    else:
+        raise IOError(f"could not commit {output} (another writer kept moving it)")
+    if storage.exists(old, spark):
         storage.delete(old, spark)
-    elif not storage.rename(staging, output, spark):
-        raise IOError(f"could not commit {output}")
     nested = storage.join(output, staging.rstrip("/").rsplit("/", 1)[-1])
     if storage.exists(nested, spark):
         storage.delete(nested, spark)
