@@ -185,3 +185,12 @@ def write_report(path: str, metrics: dict, code_counts: Sequence[np.ndarray], **
     text = render(metrics, code_counts, **kwargs)
     storage.write_text(str(path), text)
     return text
+
+
+def retrieval_section(rows: List[dict]) -> str:
+    """The "Generative retrieval" section: one row per tokenizer and baseline of `sid-spark retrieval`'s
+    retrieval.json (Recall/NDCG@k on the leave-one-out test users)."""
+    keys = ["recall@5", "recall@10", "ndcg@5", "ndcg@10"]
+    body = [[r.get("name"), *[r.get(k) for k in keys], r.get("parameters"), r.get("epochs"), r.get("seconds")]
+            for r in rows]
+    return "<h2>Generative retrieval</h2>" + _table(["model", *keys, "parameters", "epochs", "seconds"], body)

@@ -219,6 +219,7 @@ def test_retrieval_cli_end_to_end(spark, tmp_path):
         assert r["test_users"] == 60
     assert rows["toy"]["epochs"] == 1 and rows["toy"]["parameters"] > 0 and rows["toy"]["seconds"] > 0
     assert (out / "_manifest.json").exists() and (out / "retrieval.md").exists()
+    assert "Generative retrieval" in (out / "retrieval.html").read_text()
     trie = spark.read.parquet(str(out / "toy" / "trie"))
     assert {tuple(r["prefix"]): tuple(r["allowed"]) for r in trie.collect()} == \
         brute_prefixes(np.concatenate([sid, suf[:, None]], 1))

@@ -1,6 +1,6 @@
 """`sid-spark retrieval`: train a TIGER-style generative retriever on each SID table and score it against
-popularity and embedding kNN on the same leave-one-out test users -> retrieval.json (+ retrieval.md, the serving
-export of every table), committed atomically."""
+popularity and embedding kNN on the same leave-one-out test users -> retrieval.json (+ retrieval.md, retrieval.html,
+the serving export of every table), committed atomically."""
 from __future__ import annotations
 
 import json
@@ -60,6 +60,7 @@ def cmd_retrieval(args) -> dict:
     from ..retrieval.baselines import embedding_knn, popularity_ranking
     from ..retrieval.config import RetrievalConfig
     from ..retrieval.metrics import ranking_metrics
+    from ..report import retrieval_section
     from ..retrieval.train import fit_and_score
     from ..spark.dedup import suffix_col_name
     from ..spark.io import commit_output, read_input, read_manifest, write_text
@@ -113,9 +114,11 @@ def cmd_retrieval(args) -> dict:
             lookup.write.parquet(f"{staging}/{name}/lookup")
         write_text(spark, f"{staging}/retrieval.json", json.dumps(rows, indent=2, sort_keys=True, default=str))
         write_text(spark, f"{staging}/retrieval.md", to_markdown(rows))
+        write_text(spark, f"{staging}/retrieval.html", "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+                   "<title>Generative retrieval</title></head><body>" + retrieval_section(rows) + "</body></html>")
         return {"kind": "retrieval", "sids": dict(tables), "interactions": args.interactions,
                 "embeddings": args.embeddings, "config": rcfg.to_dict(), "seed": cfg.seed,
-                "files": ["retrieval.json", "retrieval.md", *[f"{n}/trie" for n in exports],
+                "files": ["retrieval.json", "retrieval.md", "retrieval.html", *[f"{n}/trie" for n in exports],
                           *[f"{n}/lookup" for n in exports]],
                 "seconds": round(time.time() - t0, 2)}
 
