@@ -315,15 +315,27 @@ class IncrementalResult:
     rejects: DataFrame  # new input's rejects + ids already present with a different vector
     fingerprints: DataFrame
     changed_checked: bool
+    new_sids: Optional[DataFrame] = None  # (id, sid) of the new items as encoded, before dedup
+    new_valid: Optional[DataFrame] = None  # prepared rows of the new items
+    old_valid: Optional[DataFrame] = None  # prepared rows of the input's items already in the table
+    old_counts: Optional[list] = None  # per level, (K,) code counts of the existing table
+    n_old: int = 0
+    n_new: int = 0
+    stats: dict = field(default_factory=dict)
 
 
 def encode_incremental(model, new_df: DataFrame, existing: DataFrame, existing_manifest: Optional[dict],
                        existing_fingerprints: Optional[DataFrame] = None,
                        alternatives: int = DEFAULT_ALTERNATIVES,
-                       max_rounds: int = DEFAULT_MAX_ROUNDS) -> IncrementalResult:
+                       max_rounds: int = DEFAULT_MAX_ROUNDS, append_slack: float = 0.0) -> IncrementalResult:
     """Encode the ids of `new_df` that `existing` lacks; existing rows are returned unchanged, new SIDs are unique
     against them under the model's dedup mode. Ids present in both with another vector (by fingerprint) are
-    reported as rejects with reason 'changed_vector' and keep their existing SID."""
+    reported as rejects with reason 'changed_vector' and keep their existing SID.
+
+    Balanced levels place the new items by the append capacity rule (sid_spark.spark.append): any number of new
+    items, none included (then the table comes back as it was)."""
+    from .append import code_counts, encode_append
+
     cfg = model.config
     id_col, sid_col, sfx = cfg.id_col, cfg.sid_col, suffix_col_name(cfg.sid_col)
     check_same_model(existing_manifest, model, "the existing SID table")
@@ -338,14 +350,18 @@ def encode_incremental(model, new_df: DataFrame, existing: DataFrame, existing_m
     if (sfx in existing.columns) != (mode != "none"):
         raise InputError(f"the existing SID table's columns {existing.columns} do not match dedup={mode!r}")
     check_sid_shape(existing, model)
+    old_counts = code_counts(existing, sid_col, [int(c.shape[0]) for c in model.codebooks])
+    n_old = int(old_counts[0].sum())
 
     prepared = prepare(new_df, cfg, dim=model.dim)
     ex_ids = existing.select(id_col)
-    new_only = prepared.valid.join(ex_ids, on=id_col, how="left_anti")
+    new_only = prepared.valid.join(ex_ids, on=id_col, how="left_anti").localCheckpoint()
+    old_valid = prepared.valid.join(ex_ids, on=id_col, how="left_semi")
+    n_new = new_only.count()
     changed_checked = existing_fingerprints is not None
     rejects = prepared.rejects
     if changed_checked:
-        overlap = fingerprints(prepared.valid.join(ex_ids, on=id_col, how="left_semi"), id_col)
+        overlap = fingerprints(old_valid, id_col)
         old_fp = existing_fingerprints.select(id_col, F.col(FP).alias("_old"))
         changed = overlap.join(old_fp, on=id_col).where(F.col(FP) != F.col("_old"))
         rejects = rejects.unionByName(changed.select(id_col, F.lit(CHANGED_VECTOR).alias("reason")))
@@ -353,27 +369,36 @@ def encode_incremental(model, new_df: DataFrame, existing: DataFrame, existing_m
         log.warning("the existing SID table has no %s: ids already present are not checked for changed vectors",
                     FINGERPRINTS)
 
-    encoded = model.encode_prepared(Prepared(new_only, prepared.rejects.limit(0), model.dim)).sids
+    stats: dict = {}
+    if any(cfg.balance_for(level) == "exact" for level in range(model.levels)):
+        encoded = encode_append(model, new_only, old_counts, n_old, n_new, append_slack, stats)
+    else:
+        encoded = model.encode_prepared(Prepared(new_only, prepared.rejects.limit(0), model.dim)).sids
+        encoded = encoded.localCheckpoint()
     id_type = existing.schema[id_col].dataType
-    if mode == "none":
+    if mode == "none" or n_new == 0:
         res = DedupResult(sids=encoded, detail=None, mode=mode, capacity=capacity)
+        if mode != "none":
+            res.sids = encoded.withColumn(sfx, F.lit(None).cast("int"))
     else:
         items = encoded.join(new_only, on=id_col)
         res = resolve_collisions(items, model, mode, capacity, fixed=existing.select(id_col, sid_col, sfx),
                                  alternatives=alternatives, max_rounds=max_rounds)
-    new_rows = res.sids.select([F.col(f.name).cast(f.dataType) if f.name == id_col else F.col(f.name)
+    new_rows = res.sids.select([F.col(f.name).cast(f.dataType) if f.name in (id_col, sfx) else F.col(f.name)
                                 for f in existing.schema.fields])
     res.sids = existing.unionByName(new_rows)
     new_fp = fingerprints(new_only, id_col).withColumn(id_col, F.col(id_col).cast(id_type))
     fps = new_fp if existing_fingerprints is None else existing_fingerprints.select(id_col, FP).unionByName(new_fp)
-    return IncrementalResult(res, rejects, fps, changed_checked)
+    return IncrementalResult(res, rejects, fps, changed_checked, new_sids=encoded, new_valid=new_only,
+                             old_valid=old_valid, old_counts=old_counts, n_old=n_old, n_new=n_new, stats=stats)
 
 
 # ---- writing a SID table ------------------------------------------------------------------------------------
 def write_sid_table(spark: SparkSession, output: str, model, sids: DataFrame, manifest: dict,
-                    rejects: Optional[DataFrame] = None, fps: Optional[DataFrame] = None) -> dict:
-    """Commit `sids` (+ _rejects, _fingerprints, _vocab.json) atomically with a manifest written last. A table
-    with a suffix column is checked unique on (sid, suffix) before it is committed."""
+                    rejects: Optional[DataFrame] = None, fps: Optional[DataFrame] = None,
+                    files: Optional[dict] = None) -> dict:
+    """Commit `sids` (+ _rejects, _fingerprints, _vocab.json, `files` {name: text}) atomically with a manifest
+    written last. A table with a suffix column is checked unique on (sid, suffix) before it is committed."""
     from ..vocab import Vocabulary
     from .io import REJECTS, commit_output, write_text
 
@@ -400,6 +425,8 @@ def write_sid_table(spark: SparkSession, output: str, model, sids: DataFrame, ma
         vocab = Vocabulary(model.levels, int(model.codebooks[0].shape[0]),
                            suffix_size=(largest + 1) if has_suffix else 0)
         write_text(spark, f"{staging}/{VOCAB}", vocab.to_json())
+        for name, text in (files or {}).items():
+            write_text(spark, f"{staging}/{name}", text)
         out = {"kind": "sids", "model_id": model.model_id, "levels": model.levels,
                "codebook_size": int(model.codebooks[0].shape[0]), "id_col": cfg.id_col, "sid_col": cfg.sid_col,
                "suffix_col": sfx if has_suffix else None, "dedup": manifest.get("dedup", "none"),
