@@ -47,19 +47,26 @@ def popularity(seqs: DataFrame, items_col: str = "item_ids", k: int = 10) -> Tup
 
 def collect_splits(examples: DataFrame, max_history: int, max_examples: int, max_eval_users: int) -> Dict[str, Split]:
     """The examples as padded numpy splits, ordered by (user, pos) whatever the partitioning. A split larger than
-    its bound keeps the rows with the smallest hash of (user, pos): a fixed, data-only subset."""
-    out: Dict[str, Split] = {}
+    its bound keeps the rows with the smallest hash of (user, pos): a fixed, data-only subset. Two Spark jobs: the
+    split sizes (3 rows), then the bounded examples."""
+    sizes = {r["split"]: r["count"] for r in examples.groupBy("split").count().collect()}  # driver-ok: 3 rows
+    bounds = {"train": max_examples, "val": max_eval_users, "test": max_eval_users}
+    parts = []
     for name in SPLITS:
         part = examples.where(F.col("split") == name)
-        bound = max_examples if name == "train" else max_eval_users
-        n = part.count()
-        if n > bound:
-            log.warning("%s split: %d examples, keeping %d (bound) by hash of (user, pos)", name, n, bound)
-            part = part.orderBy(F.xxhash64("user", "pos"), "user", "pos").limit(int(bound))
-        # driver-ok: training examples of the retriever (bounded by --max-examples / max_eval_users)
-        pdf = part.select("user", "pos", "history", "target").toPandas()
-        pdf = pdf.sort_values(["user", "pos"], kind="stable").reset_index(drop=True)
-        out[name] = Split(pad_histories(list(pdf["history"]), max_history), pdf["target"].to_numpy(np.int64))
+        if sizes.get(name, 0) > bounds[name]:
+            log.warning("%s split: %d examples, keeping %d (bound) by hash of (user, pos)", name, sizes[name],
+                        bounds[name])
+            part = part.orderBy(F.xxhash64("user", "pos"), "user", "pos").limit(int(bounds[name]))
+        parts.append(part)
+    union = parts[0].unionByName(parts[1]).unionByName(parts[2]) if sizes else examples
+    # driver-ok: training examples of the retriever (bounded by --max-examples / max_eval_users)
+    pdf = union.select("split", "user", "pos", "history", "target").toPandas()
+    pdf = pdf.sort_values(["user", "pos"], kind="stable").reset_index(drop=True)
+    out: Dict[str, Split] = {}
+    for name in SPLITS:
+        p = pdf[pdf["split"] == name]
+        out[name] = Split(pad_histories(list(p["history"]), max_history), p["target"].to_numpy(np.int64))
     return out
 
 
