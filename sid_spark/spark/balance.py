@@ -3,8 +3,8 @@ ceil(N/K) of the N encoded items.
 
 Per balanced level (the driver holds only codebooks, prices, counts and capacities — K-sized):
 
-  prices       learnt in training: Sinkhorn on the driver's seeding sample (sid_spark.kernels.balance), so
-               that first choices are already near-balanced (a few percent overflow, from sampling noise).
+  prices       learnt in training: dual ascent on every pass's per-code counts (sid_spark.kernels.balance),
+               so that first choices are already near-balanced; what is left overflows.
   pass 1       candidate pass: each item's first choice under the prices and its regret (second - first cost).
   shuffle      a window per first-choice code, ordered by regret (desc), then the stable id hash: the first
                cap_k items keep code k; the rest (typically a few percent) overflow.
@@ -225,7 +225,7 @@ def encode_balanced(valid: DataFrame, model, cfg, stats: Optional[dict] = None) 
     id_col = cfg.id_col
     rows = _materialize(valid.select(id_col, HASH, VEC, F.array().cast(T.ArrayType(T.IntegerType())).alias(CODES)))
     n = rows.count()
-    k = model.codebooks[0].shape[0]
+    k = max(int(c.shape[0]) for c in model.codebooks)
     if n < k:
         from ..errors import InputError
 

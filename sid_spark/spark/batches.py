@@ -9,8 +9,8 @@ A row's batch and slot come from its id hash alone, so the batches do not depend
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable, List
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +32,7 @@ class BatchedSample:
     slots: int
     n_rows: int
     dim: int
+    part_rows: List[int] = field(default_factory=list)  # rows of every partition, in partition order
 
     def partitions(self, batch: int) -> List[int]:
         return list(range(batch * self.slots, (batch + 1) * self.slots))
@@ -39,6 +40,36 @@ class BatchedSample:
     def run(self, batch: int, func: Callable) -> list:
         """func(iterator of (m, d) arrays) -> iterable of results, on the partitions of `batch` only."""
         return self.rdd.context.runJob(self.rdd, func, self.partitions(batch))
+
+    def batch_rdd(self, batch: int) -> RDD:
+        """The cached partitions of `batch` alone, as an RDD of `slots` partitions (Spark's PartitionPruningRDD:
+        no task for the other batches' partitions, so a reduction over it runs on this batch's data only)."""
+        return pruned(self.rdd, self.partitions(batch))
+
+    def reduce(self, batch: int, func: Callable, add: Callable, fanout: int = 16):
+        """func(iterator of (m, d) arrays) -> one bytes blob per partition of `batch`, summed on the executors by
+        `add(bytes, bytes) -> bytes` (see tree_reduce): the driver receives one blob, whatever `slots` is."""
+        return tree_reduce(self.batch_rdd(batch).mapPartitions(func), add, fanout)
+
+    def head(self, m: int) -> np.ndarray:
+        """The m rows with the smallest hash, (m, d) float32, gathered in one job: partitions are in hash order
+        and so are their rows, and part_rows says how many each one holds."""
+        need, parts, have = [], [], 0
+        for part, rows in enumerate(self.part_rows):
+            if have >= m:
+                break
+            if rows:
+                parts.append(part)
+                need.append(min(rows, m - have))
+                have += need[-1]
+        if not parts:
+            return np.empty((0, self.dim), np.float32)
+        take = dict(zip(parts, need))
+        # driver-ok: m rows in all, O(seeding rows * d)
+        got = self.rdd.context.runJob(
+            self.rdd.mapPartitionsWithIndex(lambda i, arrays: (x[: take.get(i, 0)] for x in arrays)), lambda a: a,
+            parts)
+        return np.concatenate([x for x in got if len(x)])[:m]
 
     def unpersist(self) -> None:
         self.rdd.unpersist()
@@ -97,5 +128,48 @@ def batched_sample(sample: DataFrame, unit_col: str, expected_rows: int, batch_s
            .partitionBy(n_parts, lambda k: k)
            .mapPartitions(assemble, preservesPartitioning=True)
            .persist(StorageLevel.MEMORY_AND_DISK))
-    n_rows = int(sum(rdd.map(len).collect()))  # driver-ok: one count per partition
-    return BatchedSample(rdd, n_batches, slots, n_rows, dim)
+    part_rows = [int(v) for v in rdd.map(len).collect()]  # driver-ok: one count per partition
+    return BatchedSample(rdd, n_batches, slots, int(sum(part_rows)), dim, part_rows)
+
+
+def pruned(rdd: RDD, partitions: List[int]) -> RDD:
+    """The listed partitions of `rdd` (cached blocks are read where they are), as a new RDD."""
+    sc = rdd.context
+    jvm = sc._jvm
+    keep = jvm.java.util.HashSet()
+    for part in partitions:
+        keep.add(int(part))
+    # A Scala Set is a function Int => Boolean: the partition filter PartitionPruningRDD.create expects.
+    scala_keep = jvm.scala.jdk.javaapi.CollectionConverters.asScala(keep)
+    jrdd = jvm.org.apache.spark.rdd.PartitionPruningRDD.create(rdd._jrdd.rdd(), scala_keep)
+    return RDD(jrdd.toJavaRDD(), sc, rdd._jrdd_deserializer)
+
+
+def tree_reduce(blobs: RDD, add: Callable, fanout: int = 16, zero: Optional[bytes] = None):
+    """Sum an RDD of one bytes blob per partition on the executors: groups of `fanout` consecutive partitions are
+    shuffled to one task and added in partition order, level after level, until one blob is left, which alone
+    goes to the driver. The fixed order (not the shuffle's arrival order) keeps float sums reproducible; with
+    partitions <= fanout it is the plain left-to-right sum. `zero`, when given, starts every group's sum."""
+    n = blobs.getNumPartitions()
+    keyed = blobs.mapPartitionsWithIndex(lambda i, it: ((i, b) for b in it))
+    fanout = max(2, int(fanout))
+    while True:
+        groups = max(1, math.ceil(n / fanout))
+
+        def combine(items, zero=zero):
+            ordered = sorted(items, key=lambda kv: kv[1][0])
+            if not ordered:
+                return
+            total = zero if zero is not None else None
+            for _, (_, blob) in ordered:
+                total = blob if total is None else add(total, blob)
+            yield ordered[0][0], total
+
+        keyed = (keyed.map(lambda kv, f=fanout: (kv[0] // f, kv))
+                 .partitionBy(groups, lambda g: g)
+                 .mapPartitions(combine, preservesPartitioning=True))
+        if groups == 1:
+            break
+        n = groups
+    out = keyed.values().collect()  # driver-ok: one K-sized blob
+    return out[0] if out else zero

@@ -139,10 +139,14 @@ def batch_stats(batched, batch: int, state: QuantizerState, level_codebook: np.n
                 acc = acc + stats_of(torch.from_numpy(x))
         yield acc.to_bytes()
 
-    total = LevelStats.zeros(k, dim)
-    for blob in batched.run(batch, partition):  # driver-ok: one K-sized blob per slot (executor core)
-        total = total + LevelStats.from_bytes(blob)
-    return total
+    def add(a: bytes, b: bytes) -> bytes:
+        return (LevelStats.from_bytes(a) + LevelStats.from_bytes(b)).to_bytes()
+
+    # Summed on the executors, in slot order: one K x d blob reaches the driver whatever `slots` is. The fan-in
+    # keeps a combining task within ~1 GiB of blobs (8 K d bytes each).
+    fanout = int(max(2, min(64, (1 << 30) // max(1, 8 * k * (dim + 1)))))
+    blob = batched.reduce(batch, partition, add, fanout)
+    return LevelStats.zeros(k, dim) if blob is None else LevelStats.from_bytes(blob)
 
 
 def combine_stats(blobs: DataFrame, empty: LevelStats, tree_above: int = 32) -> LevelStats:

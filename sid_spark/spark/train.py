@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 from ..config import TokenizerConfig
 from ..errors import InputError
 from ..kernels import kmeans as km
-from ..kernels.balance import SinkhornBalancer
+from ..kernels.balance import DualPrices
 from .prepare import HASH, VEC, Prepared
 from .batches import BatchedSample, batched_sample
 from .runner import QuantizerState, batch_stats
@@ -43,8 +43,9 @@ def sample_rows(prepared: Prepared, cfg: TokenizerConfig):
     n = prepared.valid.count()
     if n == 0:
         raise InputError("input has no valid rows to train on (see the rejects table)")
-    if n < cfg.codebook_size:
-        raise InputError(f"N < K: {n} valid items cannot fill codebook_size={cfg.codebook_size} codes; "
+    k = max(cfg.codebook_sizes)
+    if n < k:
+        raise InputError(f"N < K: {n} valid items cannot fill codebook_size={k} codes; "
                          f"lower codebook_size or add items")
     frac = min(1.0, cfg.sample_size / n)
     rows = prepared.valid.select(VEC, hash_unit().alias(UNIT))
@@ -65,47 +66,77 @@ def training_sample(prepared: Prepared, cfg: TokenizerConfig):
 
 
 def _check_sample(n_sample: int, cfg: TokenizerConfig) -> None:
-    if n_sample < cfg.codebook_size:
-        raise InputError(f"training sample of {n_sample} rows is smaller than codebook_size={cfg.codebook_size}; "
+    k = max(cfg.codebook_sizes)
+    if n_sample < k:
+        raise InputError(f"training sample of {n_sample} rows is smaller than codebook_size={k}; "
                          f"raise sample_size")
 
 
+# Beyond this K the seeding set stops growing as init_factor * K and k-means++ takes one candidate per centre:
+# the driver's seeding is then O(K * seeding_rows * d), not O(K^2 * init_factor * trials * d).
+LARGE_K = 1024
+
+
+def seeding_rows(cfg: TokenizerConfig, n_sample: int) -> int:
+    """Rows of the k-means++ seeding set: init_factor * K up to K = LARGE_K, then max(init_factor * LARGE_K, 4 K)."""
+    k = max(cfg.codebook_sizes)
+    m = cfg.init_factor * k if k <= LARGE_K else min(cfg.init_factor * k, max(cfg.init_factor * LARGE_K, 4 * k))
+    return min(n_sample, m)
+
+
+def driver_memory_bytes(cfg: TokenizerConfig, dim: int, n_sample: int = 1 << 62) -> int:
+    """Upper bound on the driver's training working set (bytes), for `cfg` on dim-d vectors:
+
+      4 * sum(K_l) * (d + 1)            the codebooks and prices of every level (float32)
+    + m * d * (4 + 4 + 8)               seeding rows, their residuals and k-means++'s float64 copy,
+                                        m = seeding_rows(cfg) = init_factor * K, or max(init_factor * 1024, 4 K)
+                                        beyond K = 1024
+    + 8 * m * (t + 3)                   k-means++ distance rows for t candidates (t = 2 + ln K, 1 beyond K = 1024)
+    + 8 * K * (d + 1) * 6               one level's statistics as they arrive and are decoded (blob, arrays),
+                                        float64 centroids and the update's temporaries
+    + 8 * K * 8                         counts, seen, prices and per-code history
+
+    with K = max(K_l): linear in K and d, independent of the catalog size N and of the number of executors
+    (the statistics arrive as one reduced blob per iteration). n_sample caps m for a small sample.
+    """
+    k_max, k_sum = max(cfg.codebook_sizes), sum(cfg.codebook_sizes)
+    m = seeding_rows(cfg, n_sample)
+    trials = 1 if k_max > LARGE_K else 2 + int(np.log(k_max))
+    return (4 * k_sum * (dim + 1) + m * dim * 16 + 8 * m * (trials + 3) + 48 * k_max * (dim + 1) + 64 * k_max)
+
+
 def init_rows(batched: BatchedSample, m: int) -> np.ndarray:
-    """The m sample rows with the smallest hash: the k-means++ seeding set, (m, d) float32, m = init_factor*K.
-    Partitions of a BatchedSample are in hash order, rows too, so these are the first m rows of the first ones."""
-    picked, have = [], 0
-    for part in range(batched.rdd.getNumPartitions()):
-        if have >= m:
-            break
-        # driver-ok: at most m rows in all, O(init_factor * K * d)
-        got = batched.rdd.context.runJob(batched.rdd, lambda arrays, need=m - have: (x[:need] for x in arrays),
-                                         [part])
-        picked += [x for x in got if len(x)]
-        have += sum(len(x) for x in got)
-    return np.concatenate(picked)[:m] if picked else np.empty((0, batched.dim), np.float32)
+    """The m sample rows with the smallest hash: the k-means++ seeding set, (m, d) float32, in one job."""
+    return batched.head(m)
+
+
+# Price-only passes after a balanced level's last centroid update, so its prices fit its final centres.
+PRICE_PASSES = 5
 
 
 def train_level(batched: BatchedSample, frozen: QuantizerState, init_x: np.ndarray, cfg: TokenizerConfig,
                 level: int, dim: int, balanced: bool = False):
     """Fit the codebook of `level` on residuals of the frozen levels.
 
-    A balanced level assigns by ``argmin ||r - c||^2 + p`` with prices re-solved on the seeding sample before
-    every pass, so each centre is the mean of a (nearly) balanced cluster. Returns (codebook, prices, history)."""
-    k = cfg.codebook_size
+    A balanced level assigns by ``argmin ||r - c||^2 + p`` with prices updated by dual ascent from every pass's
+    counts (kernels.balance.DualPrices), so each centre is the mean of a (nearly) balanced cluster; PRICE_PASSES
+    price-only passes follow the last centroid update. Returns (codebook, prices, history)."""
+    k = cfg.codebook_size_for(level)
     rng = np.random.default_rng([cfg.seed, level])
     cbs = [torch.from_numpy(c) for c in frozen.codebooks]
     prs = [None if p is None else torch.from_numpy(p) for p in frozen.prices]
     _, init_r = km.residual_encode(torch.from_numpy(init_x), cbs, prs, frozen.block_rows)
-    centroids = km.kmeans_pp(init_r, k, rng)
+    centroids = km.kmeans_pp(init_r, k, rng, trials=1 if k > LARGE_K else None)
     n_batches = batched.n_batches
     seen = torch.zeros(k, dtype=torch.int64)
-    balancer = SinkhornBalancer(init_r, frozen.block_rows) if balanced else None
+    del init_r
+    balancer = DualPrices(k) if balanced else None
     prices = None
     history = []
     for it in range(cfg.max_iter):
-        if balancer is not None:
-            prices = balancer.prices(centroids)
         st = batch_stats(batched, it % n_batches, frozen, centroids.numpy(), prices, dim)
+        if balancer is not None:
+            prices = balancer.update(st.counts, st.rows, st.sse / max(st.rows, 1))
         counts = torch.from_numpy(st.counts)
         sums = torch.from_numpy(st.sums)
         if n_batches == 1:
@@ -125,7 +156,9 @@ def train_level(batched: BatchedSample, frozen: QuantizerState, init_x: np.ndarr
         if shift < cfg.tol and n_split == 0 and (n_batches == 1 or it >= n_batches):
             break
     if balancer is not None:
-        prices = balancer.prices(centroids, final=True)
+        for extra in range(PRICE_PASSES):
+            st = batch_stats(batched, (it + 1 + extra) % n_batches, frozen, centroids.numpy(), prices, dim)
+            prices = balancer.update(st.counts, st.rows, st.sse / max(st.rows, 1))
     return centroids.numpy(), prices, history
 
 
@@ -141,7 +174,7 @@ def train_residual_kmeans(prepared: Prepared, cfg: TokenizerConfig, balanced=Non
     try:
         n_sample = batched.n_rows
         _check_sample(n_sample, cfg)
-        init_x = init_rows(batched, min(n_sample, cfg.init_factor * cfg.codebook_size))
+        init_x = init_rows(batched, seeding_rows(cfg, n_sample))
         result = start or TrainResult([], [], n, n_sample)
         result.n_items, result.n_sample = n, n_sample
         for level in range(len(result.codebooks), cfg.levels):

@@ -1,0 +1,117 @@
+"""Large codebooks: per-level sizes, code-tiled kernels, the memory bounds, exact balance at K = 1,024."""
+import numpy as np
+import pytest
+import torch
+
+from sid_spark.config import ConfigError, TokenizerConfig
+from sid_spark.kernels import kmeans as km
+from sid_spark.spark.train import driver_memory_bytes
+
+from conftest import make_df
+
+
+def test_codebook_size_one_int_or_one_per_level():
+    assert TokenizerConfig(codebook_size=512).codebook_sizes == (512, 512, 512)
+    cfg = TokenizerConfig(codebook_size=[8192, 1024, 16])
+    assert cfg.codebook_sizes == (8192, 1024, 16) and cfg.codebook_size_for(1) == 1024
+    assert cfg.to_dict()["codebook_size"] == [8192, 1024, 16]
+    assert TokenizerConfig.from_dict(cfg.to_dict()) == cfg
+    assert TokenizerConfig(codebook_size=16384).codebook_sizes[0] == 16384
+    for bad in (1, 16385, [8, 8], [8, "8", 8], True, 2.5):
+        with pytest.raises(ConfigError, match="codebook_size"):
+            TokenizerConfig(codebook_size=bad)
+
+
+@pytest.mark.parametrize("tile", [64, 300])
+def test_code_tiles_give_the_untiled_codes_and_regret(tile):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(600, 12, generator=g)
+    c = torch.randn(700, 12, generator=g)
+    p = torch.randn(700, generator=g) * 0.5
+    for topk in (1, 2, 3):
+        want = km.assign(x, c, p, block_rows=256, topk=topk)
+        got = km.assign(x, c, p, block_rows=256, topk=topk, code_tile=tile)
+        assert torch.equal(got[0], want[0])
+        torch.testing.assert_close(got[1], want[1], rtol=0, atol=1e-5)
+    # the regret (second minus first cost) the balanced encode ranks by
+    v = km.assign(x, c, p, block_rows=256, topk=2, code_tile=tile)[1]
+    d = km.distances(x, c, p).double()
+    top = torch.topk(d, 2, dim=1, largest=False).values
+    torch.testing.assert_close((v[:, 1] - v[:, 0]).double(), top[:, 1] - top[:, 0], rtol=0, atol=1e-4)
+    want = km.residual_encode(x, [c, c[:100]], [p, None], 256)
+    got = km.residual_encode(x, [c, c[:100]], [p, None], 256, code_tile=tile)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_tied_scores_keep_the_lower_code_across_tiles():
+    x = torch.zeros((5, 2))
+    c = torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])  # 0, 2, 3, 4 tie
+    for tile in (1, 2, 3, 5):
+        assert km.assign(x, c, code_tile=tile)[0].tolist() == [0] * 5
+        assert km.residual_encode(x, [c], code_tile=tile)[0][:, 0].tolist() == [0] * 5
+
+
+def test_score_buffers_stay_one_tile_wide_at_16384_codes():
+    c = torch.zeros((16384, 4))
+    scorer = km._Scorer(c, km._bias(c, None), 4096, km.DEFAULT_CODE_TILE)
+    assert sum(b.numel() for b in scorer.buffers.values()) == 4096 * km.DEFAULT_CODE_TILE
+    assert len(scorer.tiles) == 16384 // km.DEFAULT_CODE_TILE
+
+
+def test_task_memory_bound():
+    b = km.task_memory_bytes
+    big = b([16384] * 3, 4096)
+    # the codebooks and one level's float64 sums are the floor; everything else is bounded by block and tile
+    floor = 4 * 3 * 16384 * 4096 + 8 * 16384 * 4096
+    assert floor <= big <= floor + 512 * 2 ** 20
+    assert big < 2 * 2 ** 30
+    # linear in K beyond one tile: doubling K adds the codebooks and sums of the new codes only
+    assert b([16384], 256) - b([8192], 256) == 8192 * (256 + 1) * (4 + 8)
+    assert b([256], 256) < b([256], 256, block_rows=8192)
+
+
+def test_driver_working_set_bound():
+    d = 1024
+    small = driver_memory_bytes(TokenizerConfig(), 128)
+    assert small < 64 * 2 ** 20
+    big = driver_memory_bytes(TokenizerConfig(codebook_size=8192), d)
+    assert big < 2 * 2 ** 30  # the (init_factor K) x K float64 Sinkhorn matrix alone was 27 GB here
+    # no K^2 term: from 8,192 to 16,384 codes it at most doubles
+    assert driver_memory_bytes(TokenizerConfig(codebook_size=16384), d) <= 2 * big
+    # and the catalog size does not enter (the sample only caps the seeding rows)
+    assert driver_memory_bytes(TokenizerConfig(codebook_size=8192, sample_size=10 ** 9), d) == big
+    cbs = 4 * 3 * 8192 * (d + 1)
+    assert big >= cbs
+
+
+def sizes_exact(codes, n, k):
+    c = np.bincount(codes, minlength=k)
+    return c.min() >= n // k and c.max() <= -(-n // k) and c.sum() == n
+
+
+@pytest.fixture(scope="module")
+def large_k(spark):
+    from sid_spark import ResidualKMeansTokenizer
+
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((3001, 8)) * rng.uniform(0.5, 2.0, 8)).astype(np.float32)
+    model = ResidualKMeansTokenizer(levels=2, codebookSize=[1024, 8], seed=3, max_iter=3, balance="exact",
+                                    init_factor=2).fit(make_df(spark, x, partitions=3))
+    return x, model
+
+
+def test_per_level_sizes_and_exact_balance_at_k_1024(spark, large_k):
+    x, model = large_k
+    assert [c.shape for c in model.codebooks] == [(1024, 8), (8, 8)]
+    assert model.prices[0].shape == (1024,) and model.prices[1].shape == (8,)
+    codes = np.array([r["sid"] for r in model.encode(make_df(spark, x, partitions=2)).sids.collect()])
+    assert codes.shape == (3001, 2)
+    assert sizes_exact(codes[:, 0], 3001, 1024), np.bincount(codes[:, 0], minlength=1024)
+    assert sizes_exact(codes[:, 1], 3001, 8), np.bincount(codes[:, 1], minlength=8)
+
+
+def test_large_k_sids_do_not_depend_on_partitioning(spark, large_k):
+    x, model = large_k
+    one = model.encode(make_df(spark, x, partitions=1)).sids.orderBy("item_id").collect()
+    five = model.encode(make_df(spark, x, partitions=5)).sids.orderBy("item_id").collect()
+    assert one == five
