@@ -54,14 +54,21 @@ class LevelStats:
                           self.rows + other.rows)
 
     def to_bytes(self) -> bytes:
+        """Sparse over codes: only the sums of codes with rows travel (a slot of m rows sends at most m of the
+        K rows of sums: at K = 8,192 and many slots the dense blobs would dwarf the mini-batch itself)."""
         buf = io.BytesIO()
-        np.savez(buf, counts=self.counts, sums=self.sums, sse=np.array([self.sse]), rows=np.array([self.rows]))
+        live = np.flatnonzero(self.counts)
+        np.savez(buf, counts=self.counts, live=live, sums=self.sums[live], sse=np.array([self.sse]),
+                 rows=np.array([self.rows]), dim=np.array([self.sums.shape[1]]))
         return buf.getvalue()
 
     @staticmethod
     def from_bytes(blob: bytes) -> "LevelStats":
         z = np.load(io.BytesIO(blob))
-        return LevelStats(z["counts"], z["sums"], float(z["sse"][0]), int(z["rows"][0]))
+        counts = z["counts"]
+        sums = np.zeros((len(counts), int(z["dim"][0])), np.float64)
+        sums[z["live"]] = z["sums"]
+        return LevelStats(counts, sums, float(z["sse"][0]), int(z["rows"][0]))
 
 
 def zero_copy_tensor(x: np.ndarray) -> torch.Tensor:
