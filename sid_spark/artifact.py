@@ -113,7 +113,11 @@ def read_artifact(path: str | os.PathLike, kind: Optional[str] = None):
     for name, digest in manifest.get("files", {}).items():
         if name not in names:
             raise ArtifactError(f"model artifact {root!r} is missing {name}")
-        blobs[name] = storage.read_bytes(storage.join(root, name), spark)
+        try:
+            blobs[name] = storage.read_bytes(storage.join(root, name), spark)
+        except Exception as e:  # e.g. Hadoop's own checksum (a .crc beside the file) caught the corruption first
+            raise ArtifactError(f"model artifact {root!r}: {name} cannot be read (corrupted: "
+                                f"{str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
         if _sha256(blobs[name]) != digest:
             raise ArtifactError(f"model artifact {root!r}: checksum mismatch on {name} (corrupted)")
     if "codebooks.npz" not in blobs:

@@ -321,3 +321,11 @@ def use_checkpoint_dir(spark, path: Optional[str]) -> None:
         return
     none = getattr(getattr(sc._jvm.scala, "None$"), "MODULE$")
     getattr(sc._jsc.sc(), "checkpointDir_$eq")(none)
+
+
+def materialize(df, eager: bool = True):
+    """Compute `df` once and cut its lineage: a reliable checkpoint when `checkpoint_dir` has a folder (a lost
+    executor then costs a recomputation of the tasks, not the job), else a local one."""
+    if checkpoint_dir(df.sparkSession):
+        return df.checkpoint(eager=eager)
+    return df.localCheckpoint(eager=eager)

@@ -40,7 +40,7 @@ def hand_metrics():
     return m, code_counts
 
 
-def test_report_embeds_every_chart(tmp_path):
+def test_report_embeds_every_chart(spark, tmp_path):  # the file goes through Hadoop (sid_spark.storage)
     m, counts = hand_metrics()
     path = tmp_path / "report.html"
     text = write_report(str(path), m, counts, title="hand case")

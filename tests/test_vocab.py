@@ -47,7 +47,7 @@ def test_encode_decode_round_trip():
     assert none is None and (codes == sid).all()
 
 
-def test_file_round_trip_and_tampering(tmp_path):
+def test_file_round_trip_and_tampering(spark, tmp_path):  # files go through Hadoop (sid_spark.storage)
     v = Vocabulary(levels=3, codebook_size=8, suffix_size=2, offset=1)
     v.save(tmp_path / "v.json")
     assert Vocabulary.load(tmp_path / "v.json") == v
