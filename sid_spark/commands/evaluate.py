@@ -43,8 +43,8 @@ def cmd_evaluate(args) -> dict:
         if manifest.get("model_id") and manifest["model_id"] != model_id:
             raise InputError(f"--model {args.model} is model {model_id} but the SID table was encoded by "
                              f"{manifest['model_id']}")
-    k = manifest.get("codebook_size") or (int(codebooks[0].shape[0]) if codebooks else cfg.codebook_size)
-    ev = evaluate_full(spark, sids, sid_col=sid_col, id_col=id_col, codebook_size=int(k),
+    k = manifest.get("codebook_size") or ([int(c.shape[0]) for c in codebooks] if codebooks else cfg.codebook_size)
+    ev = evaluate_full(spark, sids, sid_col=sid_col, id_col=id_col, codebook_size=k,
                        embeddings_df=read_input(spark, args.embeddings) if args.embeddings else None,
                        vector_col=cfg.vector_col, codebooks=codebooks,
                        interactions_df=read_input(spark, args.interactions) if args.interactions else None,

@@ -121,12 +121,15 @@ def sid_metrics(sizes: Sequence[int], n_with_size: Sequence[int]) -> Dict[str, f
 def hourglass(prefix_entropy_bits: Sequence[float], distinct_prefixes: Sequence[int],
               codebook_size: int) -> list:
     """Per level l (1-based): H(s_l | s_<l) = H(prefix_l) - H(prefix_{l-1}) and the mean number of distinct
-    children per prefix D_l / D_{l-1}, from the entropies H(prefix_l) and counts D_l of the length-l prefixes."""
+    children per prefix D_l / D_{l-1}, from the entropies H(prefix_l) and counts D_l of the length-l prefixes.
+    codebook_size: one K, or one per level."""
     out = []
     h_prev, d_prev = 0.0, 1
-    for h, d in zip(prefix_entropy_bits, distinct_prefixes):
+    for lvl, (h, d) in enumerate(zip(prefix_entropy_bits, distinct_prefixes)):
+        k = codebook_size[min(lvl, len(codebook_size) - 1)] if isinstance(codebook_size, (list, tuple)) \
+            else codebook_size
         cond = max(0.0, float(h) - h_prev)
-        out.append({"cond_entropy_bits": cond, "cond_entropy_norm": cond / math.log2(codebook_size),
+        out.append({"cond_entropy_bits": cond, "cond_entropy_norm": cond / math.log2(k),
                     "mean_children": float(d) / d_prev if d_prev else 0.0, "distinct_prefixes": int(d)})
         h_prev, d_prev = float(h), int(d)
     return out

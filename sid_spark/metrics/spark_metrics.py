@@ -71,17 +71,24 @@ def evaluate_full(spark: SparkSession, sids_df: DataFrame, *, sid_col: str = "si
         head = sids.agg(F.count(F.lit(1)).alias("n"), F.max(F.size(sid_col)).alias("L"),
                         F.min(F.size(sid_col)).alias("L0")).first()  # driver-ok: one row
         n, levels = int(head["n"]), int(head["L"] or 0)
+        # codebook_size: one K, or one per level (the largest is the headline figure)
+        per_level = list(codebook_size) if isinstance(codebook_size, (list, tuple)) else None
+        sizes = [int(per_level[min(lvl, len(per_level) - 1)]) if per_level else int(codebook_size)
+                 for lvl in range(levels)]
+        codebook_size = max(sizes) if sizes else int(max(per_level) if per_level else codebook_size)
         metrics = {"n_items": n, "n_levels": levels, "codebook_size": int(codebook_size)}
+        if per_level:
+            metrics["codebook_sizes"] = sizes
         if n == 0:
             return Evaluation(metrics=metrics, code_counts=[])
         if head["L0"] != levels:
             log.warning("SID arrays have %s..%s tokens; level l counts only items with more than l tokens",
                         head["L0"], levels)
         code_counts = _code_counts(sids, sid_col, levels, codebook_size)
-        level_rows = [{"level": lvl + 1, **fm.level_metrics(c, codebook_size)} for lvl, c in enumerate(code_counts)]
+        level_rows = [{"level": lvl + 1, **fm.level_metrics(c, sizes[lvl])} for lvl, c in enumerate(code_counts)]
         prefix = _prefix_stats(sids, sid_col, levels)
         glass = fm.hourglass([p["entropy_bits"] for p in prefix], [p["distinct"] for p in prefix],
-                             codebook_size)
+                             sizes if per_level else codebook_size)
         for row, g in zip(level_rows, glass):
             row.update(g)
         metrics["levels"] = level_rows
