@@ -97,21 +97,20 @@ def large_k(spark):
     x = (rng.standard_normal((3001, 8)) * rng.uniform(0.5, 2.0, 8)).astype(np.float32)
     model = ResidualKMeansTokenizer(levels=2, codebookSize=[1024, 8], seed=3, max_iter=3, balance="exact",
                                     init_factor=2).fit(make_df(spark, x, partitions=3))
-    return x, model
+    sids = model.encode(make_df(spark, x, partitions=2)).sids.orderBy("item_id").collect()
+    return x, model, sids
 
 
-def test_per_level_sizes_and_exact_balance_at_k_1024(spark, large_k):
-    x, model = large_k
+def test_per_level_sizes_and_exact_balance_at_k_1024(large_k):
+    x, model, sids = large_k
     assert [c.shape for c in model.codebooks] == [(1024, 8), (8, 8)]
     assert model.prices[0].shape == (1024,) and model.prices[1].shape == (8,)
-    codes = np.array([r["sid"] for r in model.encode(make_df(spark, x, partitions=2)).sids.collect()])
+    codes = np.array([r["sid"] for r in sids])
     assert codes.shape == (3001, 2)
     assert sizes_exact(codes[:, 0], 3001, 1024), np.bincount(codes[:, 0], minlength=1024)
     assert sizes_exact(codes[:, 1], 3001, 8), np.bincount(codes[:, 1], minlength=8)
 
 
 def test_large_k_sids_do_not_depend_on_partitioning(spark, large_k):
-    x, model = large_k
-    one = model.encode(make_df(spark, x, partitions=1)).sids.orderBy("item_id").collect()
-    five = model.encode(make_df(spark, x, partitions=5)).sids.orderBy("item_id").collect()
-    assert one == five
+    x, model, sids = large_k
+    assert model.encode(make_df(spark, x, partitions=5)).sids.orderBy("item_id").collect() == sids
