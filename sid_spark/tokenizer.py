@@ -267,11 +267,9 @@ class ResidualKMeansModel(Model, HasTokenizerParams, MLReadable, MLWritable):
 
 # ---- pyspark.ml persistence ----------------------------------------------------------------------------------
 def _exists(path: str) -> bool:
-    from pyspark.sql import SparkSession
+    from . import storage
 
-    from .spark.io import _fs_exists
-
-    return _fs_exists(SparkSession._getActiveSessionOrCreate(), path)
+    return storage.exists(path)
 
 
 class _ArtifactWriter(MLWriter):
