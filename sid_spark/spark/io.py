@@ -62,11 +62,6 @@ def _split(spark: SparkSession, output: str):
     return (parent.toString() if parent is not None else None), q.getName()
 
 
-def staging_prefix(spark: SparkSession, output: str) -> str:
-    parent, name = _split(spark, output)
-    return storage.join(parent, f".{name}.staging-")
-
-
 def commit_output(spark: SparkSession, output: str, write: Callable[[str], dict], kind: Optional[str] = None,
                   manifest_name: str = MANIFEST, allowed: tuple = ()) -> dict:
     """Run `write(staging_dir)` (which writes every part of the output and returns the manifest), write the
