@@ -116,8 +116,8 @@ def read_artifact(path: str | os.PathLike, kind: Optional[str] = None):
         try:
             blobs[name] = storage.read_bytes(storage.join(root, name), spark)
         except Exception as e:  # e.g. Hadoop's own checksum (a .crc beside the file) caught the corruption first
-            raise ArtifactError(f"model artifact {root!r}: {name} cannot be read (corrupted: "
-                                f"{str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
+            raise ArtifactError(f"model artifact {root!r}: checksum mismatch on {name} (corrupted; the filesystem "
+                                f"says: {str(e).splitlines()[0][:160] if str(e) else type(e).__name__})") from None
         if _sha256(blobs[name]) != digest:
             raise ArtifactError(f"model artifact {root!r}: checksum mismatch on {name} (corrupted)")
     if "codebooks.npz" not in blobs:
