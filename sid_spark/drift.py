@@ -148,8 +148,9 @@ def spark_drift(model, existing, new_sids, new_valid, old_valid, rejects, old_co
     dist = _distance_rows(items.select(id_col, sid_col, HASH, VEC), codebooks, id_col, sid_col, model.dim)
     # _distance_rows keeps (id, sid, _h): bring the tag back by id
     tags = items.select(id_col, "_new")
-    sums = {r["_new"]: r for r in dist.join(tags, on=id_col).groupBy("_new").agg(  # driver-ok: 2 rows
-        F.count(F.lit(1)).alias("n"), F.sum(D0).alias("sq"), F.sum(NORM).alias("norm")).collect()}
+    per_tag = dist.join(tags, on=id_col).groupBy("_new").agg(
+        F.count(F.lit(1)).alias("n"), F.sum(D0).alias("sq"), F.sum(NORM).alias("norm"))
+    sums = {r["_new"]: r for r in per_tag.collect()}  # driver-ok: 2 rows
 
     def part(flag):
         r = sums.get(flag)

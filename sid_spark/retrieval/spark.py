@@ -61,7 +61,7 @@ def collect_splits(examples: DataFrame, max_history: int, max_examples: int, max
         parts.append(part)
     union = parts[0].unionByName(parts[1]).unionByName(parts[2]) if sizes else examples
     # driver-ok: training examples of the retriever (bounded by --max-examples / max_eval_users)
-    pdf = union.select("split", "user", "pos", "history", "target").toPandas()
+    pdf = union.select("split", "user", "pos", "history", "target").toPandas()  # driver-ok: bounded, see above
     pdf = pdf.sort_values(["user", "pos"], kind="stable").reset_index(drop=True)
     out: Dict[str, Split] = {}
     for name in SPLITS:
@@ -129,7 +129,7 @@ def collect_catalog(sids: DataFrame, id_col: str, sid_col: str, suffix_col: Opti
         cols.append(F.col(suffix_col).cast("long").alias("suffix"))
     # driver-ok: the catalog's SIDs in the retriever's one process (its trie and output lookup; catalog-sized
     # like the model's own token table)
-    pdf = sids.select(*cols).toPandas()
+    pdf = sids.select(*cols).toPandas()  # driver-ok: see above
     if not len(pdf):
         raise InputError("the SID table is empty")
     sid = np.stack(pdf["sid"].to_numpy()).astype(np.int64)
@@ -140,5 +140,6 @@ def collect_catalog(sids: DataFrame, id_col: str, sid_col: str, suffix_col: Opti
 def collect_embeddings(catalog_df: DataFrame, id_col: str, vector_col: str) -> Tuple[np.ndarray, np.ndarray]:
     """(ids, (m, d) float32) for the kNN baseline."""
     # driver-ok: the embedding-kNN baseline's item matrix (one process scores it, like the retriever)
-    pdf = catalog_df.select(F.col(id_col).cast("long").alias("id"), F.col(vector_col).alias("v")).toPandas()
+    vectors = catalog_df.select(F.col(id_col).cast("long").alias("id"), F.col(vector_col).alias("v"))
+    pdf = vectors.toPandas()  # driver-ok: see above
     return pdf["id"].to_numpy(np.int64), np.stack(pdf["v"].to_numpy()).astype(np.float32)
