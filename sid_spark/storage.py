@@ -41,7 +41,7 @@ def session(spark=None):
 
 def _path(path: str, spark=None):
     s = session(spark)
-    p = s.sparkContext._jvm.org.apache.hadoop.fs.Path(str(path))
+    p = s.sparkContext._jvm.org.apache.hadoop.fs.Path(str(path))  # local-ok: a Hadoop Path (any scheme)
     return p, p.getFileSystem(s.sparkContext._jsc.hadoopConfiguration())
 
 
@@ -123,7 +123,7 @@ def write_bytes(path: str, data: bytes, spark=None, must_have_parent: bool = Fal
 def read_bytes(path: str, spark=None) -> bytes:
     s = session(spark)
     p, fs = _path(path, s)
-    stream = fs.open(p)
+    stream = fs.open(p)  # local-ok: Hadoop FileSystem.open
     try:
         return bytes(s.sparkContext._jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
     finally:

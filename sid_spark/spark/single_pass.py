@@ -68,5 +68,5 @@ def write_greedy(spark: SparkSession, model, df: DataFrame, staging: str, reject
 
 def _delete(spark: SparkSession, path: str) -> None:
     jvm = spark.sparkContext._jvm
-    p = jvm.org.apache.hadoop.fs.Path(path)
+    p = jvm.org.apache.hadoop.fs.Path(path)  # local-ok: a Hadoop Path (any scheme)
     p.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).delete(p, True)
