@@ -163,6 +163,8 @@ def render(metrics: dict, code_counts: Sequence[np.ndarray], title: str = "Seman
             note.append(f"Recall on {rc['n_queries']} sampled queries")
         parts.append("<h2>Neighbourhoods</h2>" + _table(["measure"] + [f"@{k}" for k in ks], rows)
                      + f"<p class='src'>{html.escape('; '.join(note))}</p>")
+    if metrics.get("drift"):
+        parts.append(drift_section(metrics["drift"]))
     for cid in CHARTS:
         name, b64 = charts[cid]
         parts.append(f"<h2>{html.escape(name)}</h2><img id='chart-{cid}' alt='{html.escape(name)}' "
@@ -176,6 +178,33 @@ def render(metrics: dict, code_counts: Sequence[np.ndarray], title: str = "Seman
              "pre{font-size:11px;background:#f8f8f8;padding:8px}")
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>" + html.escape(title) + "</title><style>"
             + style + "</style></head><body>" + "\n".join(parts) + "</body></html>")
+
+
+def drift_section(drift: dict) -> str:
+    """The "Drift of the last append" section, from the drift report `encode --existing` writes into the SID
+    table's manifest (sid_spark.drift): per level the largest and smallest code against N/K and the new items'
+    spread, then collisions, quantisation error, rejects and the retrain flag with its reasons."""
+    levels = [[i + 1, lv["codes"], "exact" if lv["balanced"] else "none", lv["items"], lv["expected"],
+               lv["largest"], lv["largest_vs_expected"], lv["smallest"], lv["smallest_vs_expected"],
+               lv["new_items"], lv["new_codes_used"], lv["new_largest_share"]]
+              for i, lv in enumerate(drift.get("levels", []))]
+    flag = bool(drift.get("retrain_recommended"))
+    rows = [["retrain recommended", "yes" if flag else "no"],
+            ["new items' collision rate", drift.get("new_collision_rate")],
+            ["published items' collision rate", drift.get("published_collision_rate")],
+            ["new items' mean quantisation error", drift.get("new_error")],
+            ["published items' mean quantisation error", drift.get("published_error")],
+            ["error ratio (new / published)", drift.get("error_ratio")],
+            ["rows rejected", drift.get("items_rejected")], ["reject rate", drift.get("reject_rate")],
+            ["items the codebooks were trained on", drift.get("items_trained_on")],
+            ["share of items not trained on", drift.get("unseen_fraction")]]
+    rows += [[f"rejected: {reason}", n] for reason, n in (drift.get("reject_reasons") or {}).items()]
+    reasons = drift.get("reasons") or []
+    why = ("<p class='src'>retrain because: " + html.escape("; ".join(reasons)) + "</p>") if reasons else ""
+    return ("<h2 id='drift'>Drift of the last append</h2>" + _table(["measure", "value"], rows) + why
+            + _table(["level", "codes", "balance", "items", "N/K", "largest", "largest / (N/K)", "smallest",
+                      "smallest / (N/K)", "new items", "codes the new items use", "new items' largest share"],
+                     levels))
 
 
 def write_report(path: str, metrics: dict, code_counts: Sequence[np.ndarray], **kwargs) -> str:

@@ -175,7 +175,9 @@ def test_task_commands_run_on_local_spark(spark, tmp_path):
     man = json.loads((gen / "sids" / "_manifest.json").read_text())
     assert man["generation"] == "1" and man["model_id"] == model_id and man["dedup"] == "suffix"
     run_task(daily["evaluate"], ev)
-    assert (gen / "daily" / "2026-03-04" / "eval" / "metrics.json").is_file()
+    evaluated = gen / "daily" / "2026-03-04" / "eval"
+    assert json.loads((evaluated / "metrics.json").read_text())["drift"] == man["drift"]
+    assert "<h2 id='drift'>Drift of the last append</h2>" in (evaluated / "report.html").read_text()
 
     path = daily["drift"]["op_kwargs"]["manifest_path"]
     assert path == str(gen / "sids" / "_manifest.json")

@@ -95,3 +95,25 @@ def test_demo_prints_summary_and_writes_report(tmp_path, spark, capsys):
     assert_self_contained((tmp_path / "demo" / "report.html").read_text(encoding="utf-8"))
     m = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert m["n_items"] == 1500 and m["knn_recall"]["n_queries"] == 1000
+
+
+def test_report_has_a_drift_section_only_for_an_appended_table():
+    from sid_spark.drift import drift_report
+    from sid_spark.report import render
+
+    m, counts = hand_metrics()
+    assert "id='drift'" not in render(m, counts)
+    drift = drift_report([np.array([3, 3, 2, 2])], [np.array([3, 0, 0, 1])], [True],
+                         {"new_collision_rate": 0.25, "published_collision_rate": 0.1},
+                         {"error_ratio": 1.5, "new_error": 0.3, "published_error": 0.2},
+                         {"bad dimension <384>": 2}, items_read=16, n_train=10,
+                         thresholds={"drift_max_code_ratio": 1.5, "drift_max_error_ratio": 1.25})
+    text = render({**m, "drift": drift}, counts)
+    section = text[text.index("id='drift'"):text.index("id='chart-")]
+    # level 1 after the append: codes 6/3/2/3 of 14 items, N/K = 3.5; the largest is 6/3.5 = 1.7143 > 1.5
+    assert "<td>1</td><td>4</td><td>exact</td><td>14</td><td>3.5000</td><td>6</td><td>1.7143</td><td>2</td>" in section
+    assert "<td>retrain recommended</td><td>yes</td>" in section
+    assert "<td>error ratio (new / published)</td><td>1.5000</td>" in section
+    assert "rejected: bad dimension &lt;384&gt;</td><td>2</td>" in section  # escaped, not raw HTML
+    assert "level 1 largest code / (N/K) 1.714 &gt; drift_max_code_ratio 1.5" in section
+    assert "new/published quantisation error 1.5 &gt; drift_max_error_ratio 1.25" in section

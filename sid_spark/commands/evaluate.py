@@ -55,6 +55,8 @@ def cmd_evaluate(args) -> dict:
     sources = {"sids": args.sids, "model": model_id or manifest.get("model_id"), "embeddings": args.embeddings,
                "interactions": args.interactions}
     ev.metrics["sources"] = sources
+    if manifest.get("drift"):  # the table comes from `encode --existing`: its drift report goes into the report
+        ev.metrics["drift"] = manifest["drift"]
     write_evaluation(spark, ev, args.output, sources)
     return {"output": args.output, "n_items": ev.metrics["n_items"], "collision_rate": ev.metrics["collision_rate"],
             "rel_mse": ev.metrics["rel_mse"], "hitrate": ev.metrics["hitrate"]}
