@@ -42,23 +42,33 @@ def cmd_dedup(args) -> dict:
     from ..storage import guard_output  # issue 13: no overlap, nothing foreign replaced
     guard_output(spark, args.output, args.input, args.sids, args.model,
                  max_reject_share=settings.tokenizer.max_reject_share)
-    source = read_manifest(spark, args.sids)
-    check_same_model(source, model, f"SID table {args.sids!r}")
-    sids = read_input(spark, args.sids)
-    vectors = prepare(read_input(spark, args.input), cfg, dim=model.dim).valid
-    res = dedup_sids(sids, vectors, model, alternatives=args.alternatives, max_rounds=args.max_rounds)
-    report = res.report()
-    log.info("dedup=%s: %d items, %d moved, %d suffixed, largest suffix %d, rounds %d, rel. error %.5f -> %.5f",
-             res.mode, report["items_resolved"], report["items_moved"], report["items_suffixed"],
-             report["largest_suffix"], report["rounds"], report["rel_error_before"], report["rel_error_after"])
-    report["source_sids"] = args.sids
-    report["generation"] = args.generation or source.get("generation")
-    return write_sid_table(spark, args.output, model, res.sids, report, fps=fingerprints(vectors, cfg.id_col)
-                           .join(sids.select(cfg.id_col), on=cfg.id_col, how="left_semi"))
+    from ..spark.io import output_checkpoints
+
+    with output_checkpoints(spark, args.output):  # a lost executor mid dedup costs a recomputation
+        source = read_manifest(spark, args.sids)
+        check_same_model(source, model, f"SID table {args.sids!r}")
+        sids = read_input(spark, args.sids)
+        vectors = prepare(read_input(spark, args.input), cfg, dim=model.dim).valid
+        res = dedup_sids(sids, vectors, model, alternatives=args.alternatives, max_rounds=args.max_rounds)
+        report = res.report()
+        log.info("dedup=%s: %d items, %d moved, %d suffixed, largest suffix %d, rounds %d, rel. error %.5f -> %.5f",
+                 res.mode, report["items_resolved"], report["items_moved"], report["items_suffixed"],
+                 report["largest_suffix"], report["rounds"], report["rel_error_before"], report["rel_error_after"])
+        report["source_sids"] = args.sids
+        report["generation"] = args.generation or source.get("generation")
+        return write_sid_table(spark, args.output, model, res.sids, report, fps=fingerprints(vectors, cfg.id_col)
+                               .join(sids.select(cfg.id_col), on=cfg.id_col, how="left_semi"))
 
 
 def encode_with_dedup(spark, model, df, args) -> dict:
     """`sid-spark encode` when the model's dedup mode is not none or `--existing` is given."""
+    from ..spark.io import output_checkpoints
+
+    with output_checkpoints(spark, args.output):  # a lost executor mid encode/dedup costs a recomputation
+        return _encode_with_dedup(spark, model, df, args)
+
+
+def _encode_with_dedup(spark, model, df, args) -> dict:
     from pyspark.sql import functions as F
 
     from ..drift import check_thresholds, spark_drift

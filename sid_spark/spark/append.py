@@ -26,6 +26,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from ..storage import materialize
 from .balance import CHOICE, CODE, CODES, COST, FIRST, REGRET, _Level, candidate_rows, greedy_level, \
     nearest_free_rows
 from .prepare import HASH, VEC
@@ -46,12 +47,6 @@ def code_counts(sids: DataFrame, sid_col: str, sizes: List[int]) -> List[np.ndar
     for r in rows:
         out[r["_lvl"]][r["_c"]] = r["count"]
     return out
-
-
-def _materialize(df: DataFrame) -> DataFrame:
-    if df.sparkSession.sparkContext.getCheckpointDir():
-        return df.checkpoint(eager=True)
-    return df.localCheckpoint(eager=True)
 
 
 def _room_frame(spark, room: np.ndarray, col: str) -> DataFrame:
@@ -80,9 +75,9 @@ def place_level(rows: DataFrame, id_col: str, lv: _Level, prices: Optional[np.nd
     free = np.asarray(room, np.int64).copy()
     # A code without room is no first choice: its would-be items go straight to their nearest code with room.
     masked = np.where(free > 0, base, np.float32(np.inf)).astype(np.float32)
-    cand = _materialize(candidate_rows(rows, lv, masked))
+    cand = materialize(candidate_rows(rows, lv, masked))
     by_code = Window.partitionBy(FIRST).orderBy(F.col(REGRET).desc(), F.col(HASH), F.col(id_col))
-    ranked = _materialize(cand.withColumn("_rank", F.row_number().over(by_code))
+    ranked = materialize(cand.withColumn("_rank", F.row_number().over(by_code))
                           .join(_room_frame(spark, free, FIRST), on=FIRST)
                           .withColumn("_ok", F.col("_rank") <= F.col("_room")))
     cols = [id_col, HASH, VEC, CODES]
@@ -96,7 +91,7 @@ def place_level(rows: DataFrame, id_col: str, lv: _Level, prices: Optional[np.nd
         rounds += 1
         applied = nearest_free_rows(overflow, lv, base, free)
         by_choice = Window.partitionBy(CHOICE).orderBy(F.col(COST), F.col(HASH), F.col(id_col))
-        ranked = _materialize(applied.withColumn("_rank", F.row_number().over(by_choice))
+        ranked = materialize(applied.withColumn("_rank", F.row_number().over(by_choice))
                               .join(_room_frame(spark, free, CHOICE), on=CHOICE)
                               .withColumn("_ok", F.col("_rank") <= F.col("_room")))
         acc, n_over = _accepted_counts(ranked, CHOICE, k)
@@ -118,7 +113,7 @@ def place_level(rows: DataFrame, id_col: str, lv: _Level, prices: Optional[np.nd
     out = placed[0]
     for part in placed[1:]:
         out = out.unionByName(part)
-    return _materialize(out.select(id_col, HASH, VEC, F.concat(CODES, F.array(F.col(CODE))).alias(CODES)))
+    return materialize(out.select(id_col, HASH, VEC, F.concat(CODES, F.array(F.col(CODE))).alias(CODES)))
 
 
 def encode_append(model, new_valid: DataFrame, old_counts: List[np.ndarray], n_old: int, n_new: int,
@@ -133,7 +128,7 @@ def encode_append(model, new_valid: DataFrame, old_counts: List[np.ndarray], n_o
     if n_new == 0:
         return new_valid.sparkSession.createDataFrame([], schema)
     t0 = time.perf_counter()
-    rows = _materialize(new_valid.select(id_col, HASH, VEC,
+    rows = materialize(new_valid.select(id_col, HASH, VEC,
                                          F.array().cast(T.ArrayType(T.IntegerType())).alias(CODES)))
     n_total = n_old + n_new
     for level in range(model.levels):

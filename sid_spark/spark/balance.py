@@ -29,6 +29,9 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ..kernels import balance as bal
+# Each level and repair round builds on the previous ones: without a cut the logical plan grows with every round
+# (its string alone exhausted the driver heap in a 3-level test). materialize: reliable inside a command.
+from ..storage import materialize
 from ..kernels import kmeans as km
 from .device import configure_torch_for_task, task_device
 from .prepare import HASH, VEC
@@ -128,15 +131,6 @@ def _caps_frame(spark, values: np.ndarray, col: str) -> DataFrame:
                                                            T.StructField("_room", T.LongType())])))
 
 
-def _materialize(df: DataFrame) -> DataFrame:
-    """Compute `df` once and cut its lineage. Each level and repair round builds on the previous ones; without a
-    cut the logical plan grows with every round (its string alone exhausted the driver heap in a 3-level test).
-    A reliable checkpoint when the session has a checkpoint directory (survives a lost executor), else a local one."""
-    if df.sparkSession.sparkContext.getCheckpointDir():
-        return df.checkpoint(eager=True)
-    return df.localCheckpoint(eager=True)
-
-
 def balance_level(rows: DataFrame, id_col: str, lv: _Level, prices: Optional[np.ndarray], n: int,
                   max_rounds: int, stats: dict) -> DataFrame:
     """rows (id, _h, _vec, _codes) -> the same rows with this level's exactly balanced code appended to _codes."""
@@ -145,13 +139,13 @@ def balance_level(rows: DataFrame, id_col: str, lv: _Level, prices: Optional[np.
     k = lv.codebooks[-1].shape[0]
     prices = np.zeros(k, np.float32) if prices is None else np.asarray(prices, np.float32)
 
-    cand = _materialize(candidate_rows(rows, lv, prices))
+    cand = materialize(candidate_rows(rows, lv, prices))
     counts = _code_counts(cand, FIRST, k)
     caps = bal.capacities(n, k, counts)
     by_code = Window.partitionBy(FIRST).orderBy(F.col(REGRET).desc(), F.col(HASH), F.col(id_col))
     ranked = cand.withColumn("_rank", F.row_number().over(by_code)).join(
         _caps_frame(spark, caps, FIRST), on=FIRST).withColumn("_ok", F.col("_rank") <= F.col("_room"))
-    ranked = _materialize(ranked)
+    ranked = materialize(ranked)
     base_cols = [id_col, HASH, VEC, CODES]
     placed = [ranked.where(F.col("_ok")).select(*base_cols, F.col(FIRST).alias(CODE))]
     free = caps - np.minimum(counts, caps)
@@ -166,7 +160,7 @@ def balance_level(rows: DataFrame, id_col: str, lv: _Level, prices: Optional[np.
         by_choice = Window.partitionBy(CHOICE).orderBy(F.col(COST), F.col(HASH), F.col(id_col))
         ranked = applied.withColumn("_rank", F.row_number().over(by_choice)).join(
             _caps_frame(spark, free, CHOICE), on=CHOICE).withColumn("_ok", F.col("_rank") <= F.col("_room"))
-        ranked = _materialize(ranked)
+        ranked = materialize(ranked)
         # One job per round: the per-code acceptances (K rows) also tell how many items are still waiting.
         accepted_counts = np.zeros(k, np.int64)
         n_over = 0
@@ -196,7 +190,7 @@ def balance_level(rows: DataFrame, id_col: str, lv: _Level, prices: Optional[np.
     out = placed[0]
     for part in placed[1:]:
         out = out.unionByName(part)
-    out = _materialize(out.select(id_col, HASH, VEC, F.concat(CODES, F.array(F.col(CODE))).alias(CODES)))
+    out = materialize(out.select(id_col, HASH, VEC, F.concat(CODES, F.array(F.col(CODE))).alias(CODES)))
     stats.setdefault("seconds", []).append(time.perf_counter() - started)
     return out
 
@@ -216,14 +210,14 @@ def greedy_level(rows: DataFrame, lv: _Level) -> DataFrame:
             cols = [col if name == CODES else batch.column(i) for i, name in enumerate(batch.schema.names)]
             yield pa.RecordBatch.from_arrays(cols, names=batch.schema.names)
 
-    return _materialize(rows.mapInArrow(partition, schema))
+    return materialize(rows.mapInArrow(partition, schema))
 
 
 def encode_balanced(valid: DataFrame, model, cfg, stats: Optional[dict] = None) -> DataFrame:
     """(id, sid) for every row of `valid` (id, _vec, _h), with exact capacities at every balanced level."""
     stats = {} if stats is None else stats
     id_col = cfg.id_col
-    rows = _materialize(valid.select(id_col, HASH, VEC, F.array().cast(T.ArrayType(T.IntegerType())).alias(CODES)))
+    rows = materialize(valid.select(id_col, HASH, VEC, F.array().cast(T.ArrayType(T.IntegerType())).alias(CODES)))
     n = rows.count()
     k = max(int(c.shape[0]) for c in model.codebooks)
     if n < k:

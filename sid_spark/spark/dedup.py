@@ -3,7 +3,8 @@ existing SID table, and the atomic writer of deduplicated SID tables.
 
 Every order is total and data-only — (distance, stable id hash, id) — so the result is the same whatever the
 partitioning. Reassignment runs in rounds of window functions over checkpointed, shrinking tables: the driver
-only learns one number per round (how many items moved).
+only learns one number per round (how many items moved). The checkpoints are `storage.materialize`'s: reliable
+inside a command (`io.output_checkpoints`), so a lost executor costs a recomputation, not the job.
 
 Suffix column: the L codebook codes stay in `sid` (so a SID always reconstructs through the codebooks) and the
 disambiguating token goes in a separate int column `<sid_col>_suffix`; the unique key is (sid, suffix).
@@ -22,6 +23,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ..errors import ArtifactError, InputError, SidSparkError
+from ..storage import materialize
 from ..kernels import dedup as kd
 from .device import configure_torch_for_task
 from .prepare import HASH, VEC, Prepared, prepare
@@ -160,7 +162,7 @@ def resolve_collisions(items: DataFrame, model, mode: str, capacity: int = 1, fi
     cfg = model.config
     id_col, sid_col, sfx = cfg.id_col, cfg.sid_col, suffix_col_name(cfg.sid_col)
     codebooks = [np.ascontiguousarray(c, dtype=np.float32) for c in model.codebooks]
-    base = _distance_rows(items, codebooks, id_col, sid_col, model.dim).localCheckpoint()
+    base = materialize(_distance_rows(items, codebooks, id_col, sid_col, model.dim))
 
     fstats = None
     if fixed is not None:
@@ -184,7 +186,7 @@ def resolve_collisions(items: DataFrame, model, mode: str, capacity: int = 1, fi
                                D0, F.col(D0).alias(D), NORM)
     else:
         ranked = ranked.withColumn("_placed", F.col(F_PLACED) + F.col("_r") < capacity).drop(F_PLACED, F_MAX)
-        ranked = ranked.localCheckpoint()
+        ranked = materialize(ranked)
         moved, rounds = _reassign_rounds(ranked, items, codebooks, model, capacity, fstats, alternatives,
                                          max_rounds)
         det = (ranked.join(moved, on=id_col, how="left")
@@ -198,7 +200,7 @@ def resolve_collisions(items: DataFrame, model, mode: str, capacity: int = 1, fi
         suffix = F.when(F.col(OVERFLOW), F.greatest(F.lit(capacity).cast("long"), F.col(F_MAX) + 1) + rn) \
             .otherwise(F.col(F_PLACED) + rn)
         detail = det.select(id_col, sid_col, suffix.cast("int").alias(sfx), MOVED, OVERFLOW, D0, D, NORM)
-    detail = detail.localCheckpoint()
+    detail = materialize(detail)
     return DedupResult(sids=detail.select(id_col, sid_col, sfx), detail=detail, mode=mode, capacity=capacity,
                        rounds=rounds, seconds=time.time() - t0, suffix_col=sfx)
 
@@ -210,8 +212,8 @@ def _reassign_rounds(ranked: DataFrame, items: DataFrame, codebooks, model, capa
     id_col, sid_col = cfg.id_col, cfg.sid_col
     pending = ranked.where(~F.col("_placed")).select(id_col, sid_col, HASH)
     pending = pending.join(items.select(id_col, VEC), on=id_col)
-    alts = _alternative_rows(pending, codebooks, id_col, sid_col, model.dim, alternatives,
-                             cfg.block_rows).localCheckpoint()
+    alts = materialize(_alternative_rows(pending, codebooks, id_col, sid_col, model.dim, alternatives,
+                                         cfg.block_rows))
 
     # Occupancy of every SID an alternative points at: placed new items + placed fixed rows.
     occ = ranked.where(F.col("_placed")).groupBy(F.col(sid_col).alias(TARGET)).agg(F.count(F.lit(1)).alias("_n"))
@@ -221,8 +223,8 @@ def _reassign_rounds(ranked: DataFrame, items: DataFrame, codebooks, model, capa
     else:
         occ = occ.withColumn(F_PLACED, F.lit(0).cast("long"))
     occ = occ.select(TARGET, (F.coalesce("_n", F.lit(0)) + F.coalesce(F_PLACED, F.lit(0))).alias(OCC))
-    occ = occ.where(F.col(OCC) < capacity).localCheckpoint()
-    alts = alts.join(occ.select(TARGET), on=TARGET, how="left_semi").localCheckpoint()
+    occ = materialize(occ.where(F.col(OCC) < capacity))
+    alts = materialize(alts.join(occ.select(TARGET), on=TARGET, how="left_semi"))
 
     moved_parts = []
     rounds = 0
@@ -231,8 +233,8 @@ def _reassign_rounds(ranked: DataFrame, items: DataFrame, codebooks, model, capa
     while rounds < max_rounds:
         proposals = (alts.join(occ, on=TARGET).withColumn("_c", F.row_number().over(nearest_free))
                      .where(F.col("_c") == 1))
-        accepted = (proposals.withColumn("_a", F.row_number().over(nearest_proposer))
-                    .where(F.col("_a") <= capacity - F.col(OCC)).select(id_col, TARGET, ALT_D).localCheckpoint())
+        accepted = materialize(proposals.withColumn("_a", F.row_number().over(nearest_proposer))
+                               .where(F.col("_a") <= capacity - F.col(OCC)).select(id_col, TARGET, ALT_D))
         n = accepted.count()  # driver-ok: one number per round
         if n == 0:
             break
@@ -240,11 +242,11 @@ def _reassign_rounds(ranked: DataFrame, items: DataFrame, codebooks, model, capa
         log.info("reassign round %d: %d items moved", rounds, n)
         moved_parts.append(accepted)
         got = accepted.groupBy(TARGET).agg(F.count(F.lit(1)).alias("_n"))
-        occ = (occ.join(got, on=TARGET, how="left")
-               .select(TARGET, (F.col(OCC) + F.coalesce("_n", F.lit(0))).alias(OCC))
-               .where(F.col(OCC) < capacity).localCheckpoint())
-        alts = (alts.join(accepted.select(id_col), on=id_col, how="left_anti")
-                .join(occ.select(TARGET), on=TARGET, how="left_semi").localCheckpoint())
+        occ = materialize(occ.join(got, on=TARGET, how="left")
+                          .select(TARGET, (F.col(OCC) + F.coalesce("_n", F.lit(0))).alias(OCC))
+                          .where(F.col(OCC) < capacity))
+        alts = materialize(alts.join(accepted.select(id_col), on=id_col, how="left_anti")
+                           .join(occ.select(TARGET), on=TARGET, how="left_semi"))
     if not moved_parts:
         spark = ranked.sparkSession
         schema = T.StructType([ranked.schema[id_col], T.StructField(TARGET, ranked.schema[sid_col].dataType),
@@ -355,7 +357,7 @@ def encode_incremental(model, new_df: DataFrame, existing: DataFrame, existing_m
 
     prepared = prepare(new_df, cfg, dim=model.dim)
     ex_ids = existing.select(id_col)
-    new_only = prepared.valid.join(ex_ids, on=id_col, how="left_anti").localCheckpoint()
+    new_only = materialize(prepared.valid.join(ex_ids, on=id_col, how="left_anti"))
     old_valid = prepared.valid.join(ex_ids, on=id_col, how="left_semi")
     n_new = new_only.count()
     changed_checked = existing_fingerprints is not None
@@ -374,7 +376,7 @@ def encode_incremental(model, new_df: DataFrame, existing: DataFrame, existing_m
         encoded = encode_append(model, new_only, old_counts, n_old, n_new, append_slack, stats)
     else:
         encoded = model.encode_prepared(Prepared(new_only, prepared.rejects.limit(0), model.dim)).sids
-        encoded = encoded.localCheckpoint()
+        encoded = materialize(encoded)
     id_type = existing.schema[id_col].dataType
     if mode == "none" or n_new == 0:
         res = DedupResult(sids=encoded, detail=None, mode=mode, capacity=capacity)

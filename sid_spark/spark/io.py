@@ -7,11 +7,12 @@ deletes the staging folder of a writer that still runs.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import uuid
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from pyspark.sql import DataFrame, SparkSession
 
@@ -82,7 +83,7 @@ def commit_output(spark: SparkSession, output: str, write: Callable[[str], dict]
     recover_output(spark, output)
     staging = storage.join(parent, f".{name}.staging-{uuid.uuid4().hex[:12]}")
     lease = storage.Lease(staging + ".lease", spark)
-    ckpt = _checkpoints_begin(spark, staging + ".ckpt")
+    ckpt = _checkpoints_begin(spark, staging + ".ckpt")  # joins an enclosing output_checkpoints
     try:
         try:
             manifest = write(staging)
@@ -144,6 +145,26 @@ def _swap_in(spark: SparkSession, staging: str, output: str) -> bool:
 
 
 # ---- reliable checkpoints of the output being written --------------------------------------------------------
+@contextlib.contextmanager
+def output_checkpoints(spark: SparkSession, output: str) -> Iterator[Optional[str]]:
+    """Reliable checkpoints (storage.materialize) for work that builds `output` before `commit_output` starts
+    (dedup's rounds, the appended items): a `.<name>.staging-<tag>.ckpt` folder beside the output, on its
+    filesystem, marked live by its own lease (so `recover_output` leaves it alone and removes it once its
+    driver died), deleted on exit. `commit_output` inside the block uses the same folder. Nothing when the
+    session has spark.checkpoint.dir. Yields the folder (None when none was set up)."""
+    parent, name = _split(spark, output)
+    if parent is None:
+        raise InputError(f"output {output!r} is the root of its filesystem")
+    base = storage.join(parent, f".{name}.staging-{uuid.uuid4().hex[:12]}")
+    lease = storage.Lease(base + ".lease", spark)
+    ckpt = _checkpoints_begin(spark, base + ".ckpt")
+    try:
+        yield ckpt
+    finally:
+        _checkpoints_end(spark, ckpt)
+        lease.release()
+
+
 _CKPT_LOCK = threading.Lock()
 _CKPT = {"path": None, "users": 0}
 
