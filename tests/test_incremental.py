@@ -100,3 +100,40 @@ def test_cli_incremental_encode(tmp_path, spark, capsys):
                  "--set", "dedup=suffix"]) == 2
     assert "not by this model" in capsys.readouterr().err
     assert not (tmp_path / "t3").exists()
+
+
+def test_a_lost_item_is_an_accounting_mismatch_and_nothing_is_committed(tmp_path, spark, capsys, monkeypatch):
+    """Forged: the incremental encode loses one new item on its way to the table. items_encoded and
+    items_already_present are counted from the table written, so read != encoded + rejected + present and the
+    job stops (exit 2, one line) with the previous output intact. Derived as a remainder, this would pass."""
+    import sid_spark.spark.dedup as dedup_mod
+    from sid_spark.cli import main
+
+    x, cbs = planted(2)
+    ResidualKMeansModel(TokenizerConfig(levels=2, codebook_size=K, balance="none"), cbs).save(str(tmp_path / "m"))
+    make_df(spark, x[:40]).write.parquet(str(tmp_path / "day1"))
+    make_df(spark, x[:60]).write.parquet(str(tmp_path / "day2"))  # 40 present + 20 new
+    common = ["--model", str(tmp_path / "m"), "--set", "dedup=suffix"]
+    assert main(["encode", "--input", str(tmp_path / "day1"), "--output", str(tmp_path / "t1"), *common]) == 0
+    out = ["encode", "--input", str(tmp_path / "day2"), "--output", str(tmp_path / "t2"), "--existing",
+           str(tmp_path / "t1"), *common]
+    assert main(out) == 0  # the honest run balances: 60 = 20 + 0 + 40
+    man = json.loads((tmp_path / "t2" / "_manifest.json").read_text())
+    assert (man["items_read"], man["items_encoded"], man["items_rejected"], man["items_already_present"]) == \
+        (60, 20, 0, 40)
+    before = sorted((p.name, p.stat().st_size) for p in (tmp_path / "t2").iterdir())
+
+    real = dedup_mod.encode_incremental
+
+    def loses_one(*a, **k):
+        inc = real(*a, **k)
+        inc.result.sids = inc.result.sids.where("item_id != 55")
+        return inc
+
+    monkeypatch.setattr(dedup_mod, "encode_incremental", loses_one)
+    capsys.readouterr()
+    assert main(out) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "accounting mismatch: read 60 items" in err[0] and "19 encoded" in err[0], err
+    assert sorted((p.name, p.stat().st_size) for p in (tmp_path / "t2").iterdir()) == before
+    assert not [p for p in tmp_path.iterdir() if ".staging-" in p.name]

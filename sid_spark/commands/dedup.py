@@ -99,6 +99,8 @@ def _encode_with_dedup(spark, model, df, args) -> dict:
                                  alternatives=alternatives, max_rounds=max_rounds,
                                  append_slack=job["append_slack"] or 0.0)
         res, rejects, fps_out = inc.result, inc.rejects, inc.fingerprints
+        accounting = (existing.select(cfg.id_col),
+                      inc.new_valid.select(cfg.id_col).unionByName(inc.old_valid.select(cfg.id_col)))
         report = res.report()
         report.update({"existing": args.existing, "items_existing": inc.n_old,
                        "changed_vector_checked": inc.changed_checked, "append": _append_stats(inc.stats)})
@@ -118,11 +120,13 @@ def _encode_with_dedup(spark, model, df, args) -> dict:
         res = resolve_collisions(items, model, cfg.dedup, cfg.sid_capacity, alternatives=alternatives,
                                  max_rounds=max_rounds)
         rejects, fps_out = enc.rejects, fingerprints(vectors, cfg.id_col)
+        accounting = (None, vectors.select(cfg.id_col))
         report = res.report()
         report["items_existing"] = 0
     report.update({"items_read": n_in, "items_encoded": report["items_resolved"],
                    "encode_seconds": time.time() - t0, "generation": generation})
-    manifest = write_sid_table(spark, args.output, model, res.sids, report, rejects, fps_out, files=files)
+    manifest = write_sid_table(spark, args.output, model, res.sids, report, rejects, fps_out, files=files,
+                               accounting=accounting)
     log.info("items read %d = new %d + rejected %d + already present %d; table holds %d", n_in,
              manifest["items_encoded"], manifest["items_rejected"], manifest["items_already_present"],
              manifest["items"])

@@ -396,11 +396,48 @@ def encode_incremental(model, new_df: DataFrame, existing: DataFrame, existing_m
 
 
 # ---- writing a SID table ------------------------------------------------------------------------------------
+def count_written(table: DataFrame, rejects: DataFrame, id_col: str, existing_ids: Optional[DataFrame],
+                  valid_ids: DataFrame) -> dict:
+    """Items encoded and already present, counted from a written SID table (one aggregation): encoded = rows
+    whose id is not in `existing_ids` (the table extended; None: nothing); already present = rows from the
+    existing table whose id is among the input's `valid_ids` and not rejected as changed_vector."""
+    old = (existing_ids.select(id_col).distinct().withColumn("_old", F.lit(True)) if existing_ids is not None
+           else None)
+    inp = valid_ids.select(id_col).distinct().withColumn("_in", F.lit(True))
+    changed = (rejects.where(F.col("reason") == CHANGED_VECTOR).select(id_col).distinct()
+               .withColumn("_changed", F.lit(True)))
+    rows = table.select(id_col)
+    if old is None:
+        rows = rows.withColumn("_old", F.lit(None).cast("boolean"))
+    else:
+        rows = rows.join(old, on=id_col, how="left")
+    rows = rows.join(inp, on=id_col, how="left").join(changed, on=id_col, how="left")
+    is_old = F.coalesce(F.col("_old"), F.lit(False))
+    present = is_old & F.coalesce(F.col("_in"), F.lit(False)) & F.col("_changed").isNull()
+    row = rows.agg(F.sum((~is_old).cast("long")).alias("new"),  # driver-ok: one row
+                   F.sum(present.cast("long")).alias("present")).first()
+    return {"items_encoded": int(row["new"] or 0), "items_already_present": int(row["present"] or 0)}
+
+
+def check_accounting(out: dict) -> None:
+    """items read = encoded + rejected + already present, each counted from the data written."""
+    read, enc, rej, present = (out[k] for k in ("items_read", "items_encoded", "items_rejected",
+                                                "items_already_present"))
+    if read != enc + rej + present:
+        raise SidSparkError(f"accounting mismatch: read {read} items, but the table written holds {enc} encoded "
+                            f"+ {rej} rejected + {present} already present = {enc + rej + present}; nothing "
+                            f"committed")
+
+
 def write_sid_table(spark: SparkSession, output: str, model, sids: DataFrame, manifest: dict,
                     rejects: Optional[DataFrame] = None, fps: Optional[DataFrame] = None,
-                    files: Optional[dict] = None) -> dict:
+                    files: Optional[dict] = None, accounting: Optional[tuple] = None) -> dict:
     """Commit `sids` (+ _rejects, _fingerprints, _vocab.json, `files` {name: text}) atomically with a manifest
-    written last. A table with a suffix column is checked unique on (sid, suffix) before it is committed."""
+    written last. A table with a suffix column is checked unique on (sid, suffix) before it is committed.
+
+    `accounting` (existing_ids or None, the input's valid ids), with `rejects` and manifest["items_read"]: the
+    manifest's items encoded and already present are counted from the table written, and a table where
+    read != encoded + rejected + already present is not committed (SidSparkError)."""
     from ..vocab import Vocabulary
     from .io import REJECTS, commit_output, write_text
 
@@ -437,9 +474,12 @@ def write_sid_table(spark: SparkSession, output: str, model, sids: DataFrame, ma
                "fingerprints": FINGERPRINTS if fps is not None else None}
         out.update(manifest)
         if rejects is not None:
-            out["items_rejected"] = spark.read.parquet(f"{staging}/{REJECTS}").count()
-            if "items_read" in out and "items_encoded" in out:
-                out["items_already_present"] = out["items_read"] - out["items_encoded"] - out["items_rejected"]
+            written_rejects = spark.read.parquet(f"{staging}/{REJECTS}")
+            out["items_rejected"] = written_rejects.count()
+            if accounting is not None and "items_read" in out:
+                existing_ids, valid_ids = accounting
+                out.update(count_written(back, written_rejects, cfg.id_col, existing_ids, valid_ids))
+                check_accounting(out)
         return out
 
     return commit_output(spark, output, write)
