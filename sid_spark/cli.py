@@ -63,9 +63,11 @@ def require(args, *names: str) -> None:
 
 
 def session(args, app: str):
-    from .config import resolve
+    from .config import has_scheme, resolve
     from .spark.session import get_session
 
+    if has_scheme(getattr(args, "config", None)):  # the config file is read through this session's FileSystem
+        get_session(args.master, app_name=f"sid_spark-{app}")
     try:  # only the key itself: compare's per-encoder --set overrides are not tokenizer keys
         own = [o for o in (args.overrides or []) if o.strip().startswith("arrow_batch_rows=")]
         rows = resolve(getattr(args, "config", None), own).tokenizer.arrow_batch_rows
@@ -95,6 +97,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.getLogger("py4j").setLevel(logging.WARNING)
     fn, _ = COMMANDS[args.command]
     try:
+        from .config import has_scheme
+
+        if has_scheme(getattr(args, "config", None)):  # `--config hdfs:///conf/x.yaml`: the session reads it
+            session(args, args.command)
         result = fn(args)
     except (ConfigError, SidSparkError) as e:
         print(f"sid-spark {args.command}: error: {e}", file=sys.stderr)

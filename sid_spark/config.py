@@ -5,6 +5,7 @@ A bad value fails here, naming the key, not forty minutes into a job.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -136,15 +137,37 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def has_scheme(path: str | Path | None) -> bool:
+    """`hdfs:///conf/x.yaml`, `viewfs://c/x.yaml`, `file:/x.yaml`: a URI a Hadoop FileSystem resolves."""
+    return bool(path) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/", str(path)) is not None
+
+
 def load_config_file(path: str | Path | None) -> dict[str, Any]:
+    """The YAML mapping at `path`. A URI (`hdfs:///conf/train.yaml`, any scheme Spark reaches) is read through
+    Hadoop's FileSystem of the session (`cli.main` starts it first); a plain path is a file on the driver's disk
+    (a checkout's conf/, or what `spark-submit --files` ships), not the cluster's default filesystem."""
     if path is None:
         return {}
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist")
-    data = yaml.safe_load(p.read_text()) or {}
+    if has_scheme(path):
+        from . import storage
+
+        try:
+            text = storage.read_text(str(path))
+        except Exception as e:  # py4j: no filesystem for the scheme, permission denied
+            raise ConfigError(f"config file {str(path)!r} cannot be read ({str(e).splitlines()[0][:200]})") from None
+        if text is None:
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+    else:
+        p = Path(path)  # local-ok: a scheme-less --config is a file on the driver's disk
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        text = p.read_text()
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(p)!r} must hold a mapping of key: value")
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of key: value")
     return data
 
 

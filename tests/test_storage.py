@@ -93,11 +93,15 @@ def test_train_encode_evaluate_and_resume_on_viewfs_nothing_in_cwd(spark, small,
 
     shutil.copytree(small / "v1", target / "v1")
     shutil.copytree(small / "v1b", target / "v1b")
+    shutil.copy(small / "c.yaml", target / "c.yaml")
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
-    conf = str(small / "c.yaml")
+    conf = f"{base}/c.yaml"  # the config file too is read through Hadoop's FileSystem
+    assert main(["train", "--input", f"{base}/v1", "--model", f"{base}/model", "--config", f"{base}/none.yaml"]) == 2
+    assert "none.yaml' does not exist" in capsys.readouterr().err
     assert main(["train", "--input", f"{base}/v1", "--model", f"{base}/model", "--config", conf]) == 0
+    assert ResidualKMeansModel.load(f"{base}/model").codebooks[0].shape[0] == 4  # c.yaml's codebook_size
     assert main(["encode", "--input", f"{base}/v1", "--model", f"{base}/model", "--output", f"{base}/sids"]) == 0
     assert main(["evaluate", "--sids", f"{base}/sids", "--model", f"{base}/model", "--embeddings", f"{base}/v1",
                  "--output", f"{base}/eval", "--set", "knn_queries=20"]) == 0
