@@ -56,6 +56,8 @@ class Row:
     n_items: int = 0
     error: str = ""
     extra: dict = field(default_factory=dict)
+    retrieval_recall_10: Optional[float] = None  # generative retriever on this tokenizer's SIDs (opt-in)
+    retrieval_ndcg_10: Optional[float] = None
 
 
 def parse_encoders(text: str | Sequence[str]) -> List[str]:
@@ -80,17 +82,22 @@ def spec_for(name: str, cfg: TokenizerConfig, overrides: Optional[dict] = None, 
 def run_comparison(spark: SparkSession, df: DataFrame, cfg: TokenizerConfig,
                    encoders: Sequence[str] = ALL, interactions_df: Optional[DataFrame] = None,
                    overrides: Optional[dict] = None, epochs: Optional[int] = None,
-                   metrics_options: Optional[dict] = None) -> List[Row]:
-    """One Row per encoder; an encoder that fails gets a row with its error, and the others still run."""
+                   metrics_options: Optional[dict] = None, retrieval: Optional[dict] = None) -> List[Row]:
+    """One Row per encoder; an encoder that fails gets a row with its error, and the others still run.
+
+    `retrieval` (RetrievalConfig keys, {} for the defaults) with `interactions_df` adds the generative-retrieval
+    column: one leave-one-out split for every encoder, and the same retriever budget trained on each one's SIDs."""
     prepared = prepare(df, cfg)
     prepared.valid.persist(StorageLevel.MEMORY_AND_DISK)
     rows = []
+    scorer = RetrievalScorer(interactions_df, cfg, retrieval) \
+        if retrieval is not None and interactions_df is not None else None
     try:
         for name in encoders:
             log.info("compare: %s", name)
             try:
                 rows.append(_one(spark, name, prepared, cfg, spec_for(name, cfg, overrides, epochs),
-                                 interactions_df, metrics_options or {}))
+                                 interactions_df, metrics_options or {}, scorer))
                 # A long comparison's finished rows survive in the log even if a later encoder kills the job.
                 log.info("compare row: %s", json.dumps(rows[-1].__dict__, default=str, sort_keys=True))
             except Exception as e:  # one failing encoder must not hide the others' numbers
@@ -101,8 +108,40 @@ def run_comparison(spark: SparkSession, df: DataFrame, cfg: TokenizerConfig,
     return rows
 
 
+class RetrievalScorer:
+    """The generative-retrieval column: the leave-one-out split is built once; every tokenizer's SIDs get a
+    suffix that makes them unique (the item's rank inside its SID by id hash: TIGER's scheme, the order carries
+    no meaning) and the same retriever budget (sid_spark.retrieval)."""
+
+    def __init__(self, interactions_df: DataFrame, cfg: TokenizerConfig, options: dict):
+        from .retrieval import spark as rs
+        from .retrieval.config import RetrievalConfig
+
+        opts = dict(options)
+        self.user_col, self.items_col = opts.pop("user_col", "user_id"), opts.pop("items_col", "item_ids")
+        self.rcfg, self.cfg = RetrievalConfig.from_dict(opts), cfg
+        examples = rs.leave_one_out(interactions_df, self.user_col, self.items_col, self.rcfg.max_history)
+        self.splits = rs.collect_splits(examples, self.rcfg.max_history, self.rcfg.max_examples,
+                                        self.rcfg.max_eval_users)
+
+    def score(self, sids: DataFrame, codebook_size) -> dict:
+        from pyspark.sql import Window
+        from pyspark.sql import functions as F
+
+        from .retrieval import spark as rs
+        from .retrieval.train import fit_and_score
+
+        id_col, sid_col = self.cfg.id_col, self.cfg.sid_col
+        by_sid = Window.partitionBy(sid_col).orderBy(F.xxhash64(id_col), id_col)
+        unique = sids.select(id_col, sid_col, (F.row_number().over(by_sid) - 1).alias("_suffix"))
+        catalog = rs.collect_catalog(unique, id_col, sid_col, "_suffix", codebook_size)
+        row = fit_and_score(self.rcfg, catalog, self.splits, seed=self.cfg.seed, device=self.cfg.device)
+        row.pop("_ranked")
+        return row
+
+
 def _one(spark, name: str, prepared: Prepared, cfg: TokenizerConfig, spec: dict, interactions_df,
-         metrics_options: dict) -> Row:
+         metrics_options: dict, scorer: Optional[RetrievalScorer] = None) -> Row:
     t0 = time.time()
     if name.startswith("rkmeans"):
         model = ResidualKMeansTokenizer(cfg, **spec).fit_prepared(prepared)
@@ -124,6 +163,10 @@ def _one(spark, name: str, prepared: Prepared, cfg: TokenizerConfig, spec: dict,
         row = Row(name=name, tokens=" x ".join(_runs(sizes)), rel_error=rel, train_seconds=train_s,
                   encode_items_per_s=n / encode_s if encode_s > 0 else None, n_items=n)
         _score(spark, row, sids, prepared, cfg, max(sizes), interactions_df, metrics_options)
+        if scorer is not None:
+            got = scorer.score(sids, max(sizes))
+            row.retrieval_recall_10, row.retrieval_ndcg_10 = got.get("recall@10"), got.get("ndcg@10")
+            row.extra["retrieval"] = {k: v for k, v in got.items() if not k.startswith("_")}
         return row
     finally:
         sids.unpersist()
@@ -171,23 +214,36 @@ def _f(v, fmt="{:.4f}") -> str:
     return fmt.format(v)
 
 
-def _cells(r: Row) -> List[str]:
+RETRIEVAL_HEADER = ["retrieval R@10", "retrieval N@10"]
+
+
+def _header(rows: Sequence[Row]) -> List[str]:
+    """HEADER, plus the retrieval columns when any row was scored by the retriever."""
+    scored = any(r.retrieval_recall_10 is not None for r in rows)
+    return HEADER[:-2] + (RETRIEVAL_HEADER if scored else []) + HEADER[-2:]
+
+
+def _cells(r: Row, header: Sequence[str] = HEADER) -> List[str]:
     if r.error:
-        return [r.name, r.tokens, f"failed: {r.error}"] + [""] * (len(HEADER) - 3)
+        return [r.name, r.tokens, f"failed: {r.error}"] + [""] * (len(header) - 3)
+    retrieval = [_f(r.retrieval_recall_10), _f(r.retrieval_ndcg_10)] if len(header) > len(HEADER) else []
     return [r.name, r.tokens, _f(r.rel_error), " / ".join(_f(u, "{:.3f}") for u in r.utilization),
             " / ".join(_f(h, "{:.2f}") for h in r.entropy_bits), _f(r.collision_rate), _f(r.sid_gini),
-            _f(r.hitrate_10), _f(r.train_seconds, "{:.1f}"), _f(r.encode_items_per_s, "{:,.0f}")]
+            _f(r.hitrate_10), *retrieval, _f(r.train_seconds, "{:.1f}"), _f(r.encode_items_per_s, "{:,.0f}")]
 
 
 def to_markdown(rows: Sequence[Row], title: str = "Semantic-ID encoders compared") -> str:
-    lines = [f"# {title}", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in _cells(r)) + " |" for r in rows]
+    header = _header(rows)
+    lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in _cells(r, header)) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
 def to_html(rows: Sequence[Row], title: str = "Semantic-ID encoders compared") -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(r)) + "</tr>\n" for r in rows)
+    header = _header(rows)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(r, header)) + "</tr>\n"
+                   for r in rows)
     return (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             "<style>table{border-collapse:collapse;font-family:sans-serif}td,th{border:1px solid #ccc;"
             "padding:4px 8px;text-align:right}td:first-child{text-align:left}</style></head>\n"

@@ -135,3 +135,40 @@ def test_encoder_names_and_rendering():
     md = to_markdown(rows)
     assert "| fsq | 2x16 | 0.2500 | 1.000 / 0.500 | 4.00 / 3.00 | 0.1000 | 0.2000 | – | 1.5 | 1,000 |" in md
     assert "failed: ValueError: boom" in md and "<td>failed: ValueError: boom</td>" in to_html(rows)
+
+
+def test_compare_adds_the_retrieval_column_with_one_split_for_every_encoder(spark, catalog, tmp_path):
+    from sid_spark.cli import main
+
+    make_df(spark, catalog[:600], 2).write.parquet(str(tmp_path / "cat"))
+    rng = np.random.default_rng(1)
+    seqs = pd.DataFrame({"user_id": np.arange(120, dtype=np.int64),
+                         "item_ids": [rng.integers(0, 600, 6).astype(np.int64) for _ in range(120)]})
+    spark.createDataFrame(seqs).write.parquet(str(tmp_path / "seqs"))
+    tiny = ["d_model=8", "heads=2", "encoder_layers=1", "decoder_layers=1", "mlp=16", "epochs=1", "beam_width=10",
+            "val_users=20"]
+    base = ["compare", "--input", str(tmp_path / "cat"), "--interactions", str(tmp_path / "seqs"),
+            "--encoders", "rkmeans,simhash", "--set", "levels=2", "--set", "codebook_size=8", "--set", "max_iter=2",
+            "--set", "simhash.tokens=2", "--set", "simhash.bits=3", "--set", "metrics.knn_queries=20"]
+    assert main(base + ["--output", str(tmp_path / "no"), "--set", "retrieval.epochs=1"]) == 2  # keys, no flag
+    assert main([*base, "--output", str(tmp_path / "cmp"), "--retrieval",
+                 *sum([["--set", f"retrieval.{t}"] for t in tiny], [])]) == 0
+    rows = {r["name"]: r for r in json.loads((tmp_path / "cmp" / "comparison.json").read_text())}
+    md = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "| HitRate@10 | retrieval R@10 | retrieval N@10 | train s |" in md
+    for r in rows.values():
+        got = r["extra"]["retrieval"]
+        # every encoder is scored on the same split: 120 test users, 120 * (6 - 3) training examples
+        assert got["test_users"] == 120 and got["train_examples"] == 360 and got["epochs"] == 1
+        assert got["items"] == 600 and got["sids"] == 600  # the suffix makes every item reachable
+        assert r["retrieval_recall_10"] == got["recall@10"] and 0 <= r["retrieval_ndcg_10"] <= r["retrieval_recall_10"]
+
+
+def test_the_retrieval_columns_appear_only_when_scored():
+    plain = Row("fsq", "2x16", 0.25, [1.0], [4.0], 0.1, 0.2, None, 1.5, 1000.0)
+    scored = Row("rq", "2x16", 0.25, [1.0], [4.0], 0.1, 0.2, None, 1.5, 1000.0, retrieval_recall_10=0.125,
+                 retrieval_ndcg_10=0.0625)
+    assert "retrieval R@10" not in to_markdown([plain])
+    md = to_markdown([plain, scored])
+    assert "| rq | 2x16 | 0.2500 | 1.000 | 4.00 | 0.1000 | 0.2000 | – | 0.1250 | 0.0625 | 1.5 | 1,000 |" in md
+    assert "| fsq | 2x16 | 0.2500 | 1.000 | 4.00 | 0.1000 | 0.2000 | – | – | – | 1.5 | 1,000 |" in md

@@ -7,13 +7,14 @@ import time
 
 from ..cli import command, extra_args, require, session
 from ..config import parse_value, resolve
+from ..errors import InputError
 
 log = logging.getLogger("sid_spark.cli")
 
 
 def split_encoder_overrides(pairs):
     """`--set rqvae.epochs=5` goes to one encoder, `--set metrics.knn_queries=200` to sid_spark.metrics.evaluate,
-    every other `--set` to the tokenizer config."""
+    `--set retrieval.epochs=3` to the retriever of `--retrieval`, every other `--set` to the tokenizer config."""
     from ..compare import DEFAULT_SPECS
 
     per: dict = {}
@@ -21,7 +22,7 @@ def split_encoder_overrides(pairs):
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         name, dot, sub = key.strip().partition(".")
-        if sep and dot and (name in DEFAULT_SPECS or name == "metrics"):
+        if sep and dot and (name in DEFAULT_SPECS or name in ("metrics", "retrieval")):
             per.setdefault(name, {})[sub] = parse_value(value)
         else:
             rest.append(pair)
@@ -31,7 +32,10 @@ def split_encoder_overrides(pairs):
 @command("compare", "run every encoder + residual k-means on one catalog and write the comparison table")
 @extra_args((["--interactions"], {"help": "Parquet path or table of user sequences (user_id, item_ids) for HitRate"}),
             (["--encoders"], {"default": "all", "help": "comma-separated encoder names, or all"}),
-            (["--epochs"], {"type": int, "default": None, "help": "epochs of the neural encoders"}))
+            (["--epochs"], {"type": int, "default": None, "help": "epochs of the neural encoders"}),
+            (["--retrieval"], {"action": "store_true",
+                               "help": "add the generative-retrieval column (needs --interactions; retriever "
+                                       "keys as --set retrieval.<key>=value)"}))
 def cmd_compare(args) -> dict:
     from ..compare import parse_encoders, run_comparison, to_html, to_markdown
     from ..spark.io import commit_output, read_input, write_text
@@ -47,7 +51,13 @@ def cmd_compare(args) -> dict:
     inter = read_input(spark, args.interactions) if args.interactions else None
     t0 = time.time()
     metrics_options = per_encoder.pop("metrics", {})
-    rows = run_comparison(spark, df, settings.tokenizer, names, inter, per_encoder, args.epochs, metrics_options)
+    retrieval = per_encoder.pop("retrieval", {})
+    if args.retrieval and inter is None:
+        raise InputError("--retrieval needs --interactions (the user sequences the retriever learns from)")
+    if retrieval and not args.retrieval:
+        raise InputError("--set retrieval.* given without --retrieval")
+    rows = run_comparison(spark, df, settings.tokenizer, names, inter, per_encoder, args.epochs, metrics_options,
+                          retrieval if args.retrieval else None)
 
     def write(staging: str) -> dict:
         write_text(spark, f"{staging}/comparison.md", to_markdown(rows))
