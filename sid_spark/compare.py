@@ -19,7 +19,7 @@ from pyspark.sql import DataFrame, SparkSession
 from .config import ConfigError, TokenizerConfig
 from .encoder_tokenizer import EncoderTokenizer
 from .metrics import evaluate
-from .quality import reconstruction_error as kmeans_reconstruction_error
+from .metrics.spark_metrics import _reconstruction
 from .spark.encode_generic import reconstruction_error
 from .spark.prepare import VEC, Prepared, prepare
 from .tokenizer import ResidualKMeansTokenizer
@@ -156,8 +156,8 @@ def _one(spark, name: str, prepared: Prepared, cfg: TokenizerConfig, spec: dict,
         n = sids.count()
         encode_s = time.time() - t1
         if name.startswith("rkmeans"):
-            rel = kmeans_reconstruction_error(sids, prepared.valid, cfg.id_col, cfg.sid_col, model.codebooks,
-                                              model.dim)
+            rel = (_reconstruction(sids, prepared.valid, cfg.id_col, cfg.sid_col, model.codebooks, model.dim)
+                   or [math.nan])[-1]
         else:
             rel = reconstruction_error(prepared.valid, model.encoder, cfg.device)
         row = Row(name=name, tokens=" x ".join(_runs(sizes)), rel_error=rel, train_seconds=train_s,

@@ -133,11 +133,3 @@ def hourglass(prefix_entropy_bits: Sequence[float], distinct_prefixes: Sequence[
                     "mean_children": float(d) / d_prev if d_prev else 0.0, "distinct_prefixes": int(d)})
         h_prev, d_prev = float(h), int(d)
     return out
-
-
-def hit_rate(ranks: Sequence[float], k: int) -> float:
-    """Share of queries whose target sits at 0-based rank < k (NaN/negative = not retrieved)."""
-    r = np.asarray(ranks, dtype=np.float64)
-    if r.size == 0:
-        return math.nan
-    return float(((r >= 0) & (r < k)).sum() / r.size)

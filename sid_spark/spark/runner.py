@@ -170,26 +170,6 @@ def combine_stats(blobs: DataFrame, empty: LevelStats, tree_above: int = 32) -> 
     return blobs.rdd.map(lambda r: LevelStats.from_bytes(bytes(r[0]))).treeReduce(lambda a, b: a + b, depth=2)
 
 
-def residual_rows(rows: DataFrame, state: QuantizerState, dim: int) -> DataFrame:
-    """Rows (all other columns kept) with _vec replaced by the residual left after the levels in `state`."""
-    schema = rows.schema
-
-    def partition(batches):
-        configure_torch_for_task()
-        dev = task_device(state.device)
-        cbs, prs = state.tensors(dev)
-        for batch, x in _batch_matrices(batches, dim, dev):
-            _, r = km.residual_encode(x, cbs, prs, state.block_rows)
-            from .vectors import matrix_to_list_array
-
-            cols = [matrix_to_list_array(r.cpu().numpy()) if name == VEC else batch.column(i)
-                    for i, name in enumerate(batch.schema.names)]
-            yield pa.RecordBatch.from_arrays(cols, schema=pa.schema(
-                [pa.field(VEC, pa.list_(pa.float32())) if f.name == VEC else f for f in batch.schema]))
-
-    return rows.mapInArrow(partition, schema)
-
-
 def encode_rows(rows: DataFrame, id_col: str, sid_col: str, state: QuantizerState, dim: int,
                 extra: Optional[Callable] = None) -> DataFrame:
     """(id, _vec) rows -> (id, sid array<int>) with greedy (price-adjusted) residual assignment at every level."""
