@@ -137,3 +137,58 @@ def test_a_lost_item_is_an_accounting_mismatch_and_nothing_is_committed(tmp_path
     assert len(err) == 1 and "accounting mismatch: read 60 items" in err[0] and "19 encoded" in err[0], err
     assert sorted((p.name, p.stat().st_size) for p in (tmp_path / "t2").iterdir()) == before
     assert not [p for p in tmp_path.iterdir() if ".staging-" in p.name]
+
+
+@pytest.mark.parametrize("id_type", ["string", "decimal(12,2)"])
+def test_string_and_decimal_ids_through_encode_existing_and_evaluate(tmp_path, spark, id_type, caplog):
+    """Ids that are not integers keep their type and value through `encode --existing` (no nulls, no
+    truncation: 0.25-step decimals would collapse four ids into one as longs) and get every metric from
+    `evaluate`, the neighbourhood ones included; the SIDs are the integer-id run's."""
+    from decimal import Decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from sid_spark.cli import main
+
+    x, cbs = planted(3)
+    ResidualKMeansModel(TokenizerConfig(levels=2, codebook_size=K, balance="none"), cbs).save(str(tmp_path / "m"))
+    n = 80
+    keys = [f"sku-{i:03d}" for i in range(n)] if id_type == "string" else [Decimal(i) / 4 for i in range(n)]
+    arrow_type = pa.string() if id_type == "string" else pa.decimal128(12, 2)
+
+    def write(name, rows, ids, typ=arrow_type):
+        (tmp_path / name).mkdir()
+        for part in range(2):  # two files
+            sl = slice(part * rows // 2, (part + 1) * rows // 2)
+            pq.write_table(pa.table({"item_id": pa.array(ids[sl], typ),
+                                     "embedding": pa.array(list(x[:rows][sl]), pa.list_(pa.float32()))}),
+                           tmp_path / name / f"part-{part}.parquet")
+
+    write("day1", 50, keys[:50])
+    write("day2", n, keys)
+    write("int_ids", n, list(range(n)), pa.int64())  # the reference: the same vectors under integer ids
+    common = ["--model", str(tmp_path / "m"), "--set", "dedup=suffix"]
+    assert main(["encode", "--input", str(tmp_path / "day1"), "--output", str(tmp_path / "t1"), *common]) == 0
+    assert main(["encode", "--input", str(tmp_path / "day2"), "--output", str(tmp_path / "t2"), "--existing",
+                 str(tmp_path / "t1"), *common]) == 0
+    assert main(["encode", "--input", str(tmp_path / "int_ids"), "--output", str(tmp_path / "ref"), *common]) == 0
+    t2 = spark.read.parquet(str(tmp_path / "t2"))
+    assert t2.schema["item_id"].dataType.simpleString() == id_type
+    got = {r["item_id"]: tuple(r["sid"]) for r in t2.collect()}
+    ref = {r["item_id"]: tuple(r["sid"]) for r in spark.read.parquet(str(tmp_path / "ref")).collect()}
+    assert sorted(got) == sorted(keys) and {keys[i]: s for i, s in ref.items()} == got
+    man = json.loads((tmp_path / "t2" / "_manifest.json").read_text())
+    assert (man["items_read"], man["items_encoded"], man["items_already_present"], man["items"]) == (n, 30, 50, n)
+
+    caplog.set_level("INFO", logger="sid_spark")
+    for table, out in (("t2", "eval"), ("ref", "eval_ref")):
+        assert main(["evaluate", "--sids", str(tmp_path / table), "--model", str(tmp_path / "m"), "--embeddings",
+                     str(tmp_path / ("day2" if table == "t2" else "int_ids")), "--output", str(tmp_path / out),
+                     "--set", "knn_queries=40"]) == 0
+    metrics, want = (json.loads((tmp_path / o / "metrics.json").read_text()) for o in ("eval", "eval_ref"))
+    assert metrics["n_items"] == n and metrics["knn_recall"]["catalog_items"] == n
+    assert metrics["knn_recall"]["n_queries"] == 40
+    # 40 distinct queries were searched: ids cast to long would have been nulls (strings) or 4-to-1 (decimals)
+    assert caplog.text.count(f"neighbourhoods: {n} catalog items, 40 queries") == 2, caplog.text[-2000:]
+    for key in ("collision_rate", "rel_mse"):
+        assert metrics[key] == pytest.approx(want[key])

@@ -17,10 +17,11 @@ from typing import Optional, Sequence
 import numpy as np
 import pyarrow as pa
 import torch
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from ..errors import InputError
 from ..spark.device import configure_torch_for_task, task_device
 from ..spark.prepare import HASH, VEC, item_hash
 from ..spark.vectors import arrow_matrix, float_array_column
@@ -195,22 +196,39 @@ def _reconstruction(sids: DataFrame, vectors: DataFrame, id_col: str, sid_col: s
 
 
 # ---- neighbourhoods --------------------------------------------------------------------------------------
+def id_key(col: Column, dtype: T.DataType) -> Column:
+    """A long key for an id column: the id itself when that is lossless (integers, decimals of scale 0 that fit),
+    else its 64-bit hash (strings, decimals with a scale, ...): never a cast that truncates or turns into null."""
+    if isinstance(dtype, (T.ByteType, T.ShortType, T.IntegerType, T.LongType)) or (
+            isinstance(dtype, T.DecimalType) and dtype.scale == 0 and dtype.precision <= 18):
+        return col.cast("long")
+    return F.xxhash64(col)
+
+
 def _neighbourhoods(sids, vectors, id_col, sid_col, dim, levels, interactions_df, hit_ks, knn_queries,
                     max_transitions, user_col, items_col, seed, query_block, block_rows, device) -> dict:
     kmax = max(hit_ks)
+    id_type = vectors.schema[id_col].dataType
     catalog = (vectors.join(sids.where(F.size(sid_col) == levels), on=id_col)
-               .select(F.col(id_col).cast("long").alias("id"), VEC, sid_col, item_hash(id_col, seed).alias(HASH))
+               .select(id_key(F.col(id_col), id_type).alias("id"), VEC, sid_col,
+                       item_hash(id_col, seed).alias(HASH))
                .persist())
     out = {}
     try:
-        n_catalog = catalog.count()
+        row = catalog.agg(F.count(F.lit(1)).alias("n"), F.countDistinct("id").alias("keys")).first()  # driver-ok
+        n_catalog = int(row["n"])
+        if int(row["keys"]) != n_catalog:  # two ids, one key (a 64-bit hash collision, or repeated ids)
+            raise InputError(f"{n_catalog - int(row['keys'])} of {n_catalog} items share an id key with another "
+                             f"item ({id_col} of type {id_type.simpleString()}): the neighbourhood metrics "
+                             f"cannot tell them apart")
         recall_ids = (catalog.select("id", item_hash("id", seed, SALT_RECALL).alias("_o"))
                       .orderBy("_o", "id").limit(int(knn_queries)).select("id"))
         queries = recall_ids
         transitions = None
         n_users = 0
         if interactions_df is not None:
-            transitions, n_users = _transitions(interactions_df, user_col, items_col, seed, max_transitions)
+            transitions, n_users = _transitions(interactions_df, user_col, items_col, seed, max_transitions,
+                                                id_type)
             known = catalog.select("id")
             transitions = (transitions.join(known.withColumnRenamed("id", "a"), "a", "left_semi")
                            .join(known.withColumnRenamed("id", "b"), "b", "left_semi").persist())
@@ -263,11 +281,15 @@ def _neighbourhoods(sids, vectors, id_col, sid_col, dim, levels, interactions_df
     return out
 
 
-def _transitions(interactions_df: DataFrame, user_col: str, items_col: str, seed: int, max_users: int):
-    """Each user's last transition a -> b (second-to-last -> last item); repeats a == b are left out."""
+def _transitions(interactions_df: DataFrame, user_col: str, items_col: str, seed: int, max_users: int,
+                 id_type: T.DataType = T.LongType()):
+    """Each user's last transition a -> b (second-to-last -> last item, as `id_key`s of the catalog's id type
+    `id_type`); repeats a == b are left out."""
+    def key(pos: int) -> Column:
+        return id_key(F.element_at(items_col, pos).cast(id_type), id_type)
+
     t = (interactions_df.where(F.size(items_col) >= 2)
-         .select(F.col(user_col).alias("user"), F.element_at(items_col, -2).cast("long").alias("a"),
-                 F.element_at(items_col, -1).cast("long").alias("b"))
+         .select(F.col(user_col).alias("user"), key(-2).alias("a"), key(-1).alias("b"))
          .where(F.col("a") != F.col("b")))
     n = t.count()
     if n > max_users:
