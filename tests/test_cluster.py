@@ -1,8 +1,10 @@
 """The pipeline on a real Spark standalone cluster (a master and two 1-core workers on 127.0.0.1), submitted the
 way operators submit it: `spark-submit --properties-file conf/spark/<profile>.conf --py-files dist/sid_spark.zip
-jobs/<step>.py --config conf/<step>.yaml`. What local mode hides and these tests catch: code not shipped to the
-executors, executors on another Python, job settings that ignore the Spark profile, state kept in driver globals
-(the SIDs must equal the local-mode SIDs), exit codes a scheduler cannot act on.
+jobs/<step>.py --config conf/<step>.yaml`, here with every path and config on a viewfs mount and an empty working
+directory. What local mode hides and these tests catch: files written to the driver's disk instead of the job's
+filesystem, code not shipped to the executors, executors on another Python, job settings that ignore the Spark
+profile, state kept in driver globals (the SIDs must equal the local-mode SIDs), exit codes a scheduler cannot act
+on, a driver that dies mid-training.
 """
 import json
 import os
@@ -81,11 +83,6 @@ def catalog(tmp_path_factory) -> Path:
     return blob_catalog(tmp_path_factory.mktemp("catalog") / "items")
 
 
-def submit(cluster, shipped, job: str, *args: str, name: str):
-    return cluster.submit(["--properties-file", "conf/spark/local.conf", "--py-files", str(shipped),
-                           str(ROOT / "jobs" / job), *args], cwd=ROOT, timeout=240, name=name)
-
-
 def check(proc, cluster) -> None:
     assert proc.returncode == 0, f"{proc.args}\nrc={proc.returncode}\n{proc.stderr[-6000:]}\n{cluster.logs(15)}"
 
@@ -113,27 +110,57 @@ def test_executors_import_the_shipped_package_with_the_venv_python_and_the_profi
     assert {f.split("/worker-")[1].split("/")[0] for f in files} == {"0", "1"}, files
 
 
+MOUNT = "viewfs://sidcluster/data"
+
+
 @pytest.fixture(scope="module")
-def on_cluster(spark_cluster, shipped, catalog, tmp_path_factory):
-    """train -> encode -> dedup -> evaluate, each step a spark-submit to the cluster, wired as the DAG wires them."""
-    run = tmp_path_factory.mktemp("run")
-    paths = {step: run / step for step in ("model", "sids", "dedup", "eval")}
-    sets = [a for o in OVERRIDES for a in ("--set", o)]
+def viewfs_submit(spark_cluster, shipped, catalog, tmp_path_factory):
+    """(submit, mounted folder, cwd): spark-submit of a job script with `viewfs://sidcluster/data` mapped onto the
+    mounted folder (a ViewFileSystem mount table given as --conf), which holds the catalog and conf/*.yaml, from
+    an empty working directory that every test checks stays empty."""
+    root = tmp_path_factory.mktemp("run")
+    target, cwd = root / "mounted", root / "cwd"
+    shutil.copytree(catalog, target / "items")
+    (target / "conf").mkdir()
+    for step in ("train", "encode", "dedup", "evaluate"):
+        shutil.copy(ROOT / "conf" / f"{step}.yaml", target / "conf" / f"{step}.yaml")
+    cwd.mkdir()
+
+    def run(job: Path, *args: str, name: str):
+        return spark_cluster.submit(
+            ["--properties-file", str(ROOT / "conf" / "spark" / "local.conf"), "--py-files", str(shipped),
+             "--conf", f"spark.hadoop.fs.viewfs.mounttable.sidcluster.link./data={target.as_uri()}",
+             str(job), *args], cwd=cwd, timeout=240, name=name)
+
+    return run, target, cwd
+
+
+def train_args(model: str):
+    return ["--config", f"{MOUNT}/conf/train.yaml", *[a for o in OVERRIDES for a in ("--set", o)],
+            "--input", f"{MOUNT}/items", "--model", model]
+
+
+@pytest.fixture(scope="module")
+def on_cluster(spark_cluster, viewfs_submit):
+    """train -> encode -> dedup -> evaluate, each step a spark-submit to the cluster, wired as the DAG wires them;
+    every path and config on viewfs (a non-`file` Hadoop filesystem: the jobs must go through Hadoop's, never
+    the driver's local disk). Returns the local folders the outputs landed in, and the logs."""
+    run, target, _ = viewfs_submit
     steps = {
-        "train": ["--config", "conf/train.yaml", *sets, "--input", str(catalog), "--model", str(paths["model"])],
-        "encode": ["--config", "conf/encode.yaml", "--input", str(catalog), "--model", str(paths["model"]),
-                   "--output", str(paths["sids"])],
-        "dedup": ["--config", "conf/dedup.yaml", "--set", f"dedup={DEDUP}", "--input", str(catalog),
-                  "--sids", str(paths["sids"]), "--model", str(paths["model"]), "--output", str(paths["dedup"])],
-        "evaluate": ["--config", "conf/evaluate.yaml", "--sids", str(paths["dedup"]), "--model",
-                     str(paths["model"]), "--embeddings", str(catalog), "--output", str(paths["eval"])],
+        "train": train_args(f"{MOUNT}/model"),
+        "encode": ["--config", f"{MOUNT}/conf/encode.yaml", "--input", f"{MOUNT}/items", "--model",
+                   f"{MOUNT}/model", "--output", f"{MOUNT}/sids"],
+        "dedup": ["--config", f"{MOUNT}/conf/dedup.yaml", "--set", f"dedup={DEDUP}", "--input", f"{MOUNT}/items",
+                  "--sids", f"{MOUNT}/sids", "--model", f"{MOUNT}/model", "--output", f"{MOUNT}/dedup"],
+        "evaluate": ["--config", f"{MOUNT}/conf/evaluate.yaml", "--sids", f"{MOUNT}/dedup", "--model",
+                     f"{MOUNT}/model", "--embeddings", f"{MOUNT}/items", "--output", f"{MOUNT}/eval"],
     }
     logs = {}
     for step, args in steps.items():
-        proc = submit(spark_cluster, shipped, f"{step}.py", *args, name=step)
+        proc = run(ROOT / "jobs" / f"{step}.py", *args, name=step)
         check(proc, spark_cluster)
         logs[step] = proc.stdout + proc.stderr
-    return paths, logs
+    return {step: target / step for step in ("model", "sids", "dedup", "eval")}, logs
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +213,50 @@ def test_evaluate_on_the_cluster_reports_on_the_deduplicated_table(on_cluster):
     metrics = json.loads((paths["eval"] / "metrics.json").read_text())
     assert metrics["n_items"] == 2000
     assert (paths["eval"] / "report.html").is_file() and (paths["eval"] / "_manifest.json").is_file()
+
+
+CRASH_IN_LEVEL_2 = '''
+import os, sys
+os.environ.setdefault("SID_SPARK_SUBMITTED", "1")
+import sid_spark.spark.train as train_mod
+from sid_spark.cli import main
+
+real = train_mod.train_level
+
+
+def dies_in_level_2(sample, frozen, init_x, cfg, level, *a, **k):
+    if level == 1:
+        os._exit(137)  # the driver dies as a SIGKILLed one does: no clean-up, no exit handlers
+    return real(sample, frozen, init_x, cfg, level, *a, **k)
+
+
+train_mod.train_level = dies_in_level_2
+sys.exit(main(["train", *sys.argv[1:]]))
+'''
+
+
+def test_on_viewfs_nothing_lands_in_the_cwd_and_a_driver_killed_in_training_resumes_to_the_same_model(
+        on_cluster, viewfs_submit, spark_cluster, tmp_path):
+    """After the chain (on viewfs, see on_cluster): a train whose driver dies in level 2, then its `--resume`,
+    both under spark-submit on viewfs; the working directory stays empty throughout."""
+    paths, _ = on_cluster
+    run, target, cwd = viewfs_submit
+    dedup = json.loads((paths["dedup"] / "_manifest.json").read_text())
+    assert (dedup["items"], dedup["unique_sids"]) == (2000, 2000)
+    assert not [p.name for p in target.iterdir() if ".staging-" in p.name]  # no lease, checkpoint, staging left
+    assert sorted(cwd.rglob("*")) == []
+
+    crash = tmp_path / "train_dies_in_level_2.py"
+    crash.write_text(CRASH_IN_LEVEL_2)
+    died = run(crash, *train_args(f"{MOUNT}/m2"), name="train-dies")
+    assert died.returncode != 0 and not (target / "m2" / "manifest.json").exists(), died.stderr[-3000:]
+    assert (target / "m2" / "_checkpoints" / "level_1" / "manifest.json").is_file()
+    resumed = run(ROOT / "jobs" / "train.py", *train_args(f"{MOUNT}/m2"), "--resume", name="train-resume")
+    check(resumed, spark_cluster)
+    assert "resume: 1 level(s) from checkpoint" in resumed.stdout + resumed.stderr
+    clean, again = (json.loads((target / m / "manifest.json").read_text()) for m in ("model", "m2"))
+    assert again["model_id"] == clean["model_id"]  # the interrupted-and-resumed model is the uninterrupted one
+    assert sorted(cwd.rglob("*")) == []  # nothing of any step landed in the driver's working directory
 
 
 def test_a_failed_job_exits_non_zero_with_one_line_reason(shipped, tmp_path):
