@@ -249,3 +249,24 @@ def test_two_concurrent_writers_leave_one_complete_output(spark, tmp_path):
         assert not [p.name for p in out.iterdir() if p.name.startswith(".o.")]  # no staging moved inside
         assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
     assert results and len(errors) <= 3
+
+
+def test_dedup_checkpoints_reliably_beside_its_output_and_removes_them(spark, small, tmp_path, monkeypatch):
+    """Every lineage cut of a dedup command is a reliable checkpoint in `.<output>.staging-<tag>.ckpt` (on the
+    output's filesystem, so a lost executor costs a recomputation), and nothing of it is left afterwards."""
+    import sid_spark.spark.dedup as dedup_mod
+
+    seen = []
+    real = dedup_mod.materialize
+
+    def spy(df, eager=True):
+        seen.append(storage.checkpoint_dir(df.sparkSession))
+        return real(df, eager)
+
+    monkeypatch.setattr(dedup_mod, "materialize", spy)
+    assert encode(small, tmp_path / "sids") == 0
+    assert main(["dedup", "--input", str(small / "v1"), "--sids", str(tmp_path / "sids"), "--model",
+                 str(small / "model"), "--output", str(tmp_path / "dd"), "--set", "dedup=reassign"]) == 0
+    assert seen and all(d and ".dd.staging-" in d and ".ckpt/" in d for d in seen), seen
+    assert spark.sparkContext.getCheckpointDir() is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dd", "sids"]
