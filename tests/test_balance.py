@@ -140,3 +140,24 @@ def test_better_than_algorithm1_oracle(spark):
 def test_n_smaller_than_k_fails_early(spark):
     with pytest.raises(InputError, match="N < K"):
         ResidualKMeansTokenizer(levels=1, codebookSize=32).fit(make_df(spark, skewed(20, 4)))
+
+
+def test_without_repair_rounds_the_slot_fallback_still_gives_exact_sizes(balanced, catalog):
+    """balance_repair_rounds=0: every item over capacity goes straight to the global slot fallback."""
+    import dataclasses
+
+    from sid_spark.spark.balance import encode_balanced
+    from sid_spark.spark.prepare import prepare
+
+    x, df = catalog
+    model, repaired, _ = balanced
+    stats = {}
+    cfg = dataclasses.replace(model.config, balance_repair_rounds=0)
+    sids = encode_balanced(prepare(df, cfg, dim=model.dim).valid, model, cfg, stats).orderBy("item_id")
+    codes = np.array([r["sid"] for r in sids.collect()])
+    assert stats["repair_rounds"] == [0, 0, 0] and min(stats["fallback_items"]) > 0
+    for level in range(3):
+        assert sizes_exact(codes[:, level], len(x), 16), np.bincount(codes[:, level], minlength=16)
+    # the items that kept their price-nearest code are the same with or without repair rounds at level 1
+    first = np.array([r["sid"][0] for r in repaired.collect()])
+    assert (first == codes[:, 0]).mean() > 0.5

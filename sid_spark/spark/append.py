@@ -28,7 +28,7 @@ from pyspark.sql import types as T
 
 from ..storage import materialize
 from .balance import CHOICE, CODE, CODES, COST, FIRST, REGRET, _Level, candidate_rows, greedy_level, \
-    nearest_free_rows
+    nearest_free_rows, slot_fallback
 from .prepare import HASH, VEC
 
 log = logging.getLogger("sid_spark.append")
@@ -99,14 +99,7 @@ def place_level(rows: DataFrame, id_col: str, lv: _Level, prices: Optional[np.nd
         free = free - acc
         overflow = ranked.where(~F.col("_ok")).select(*cols)
     if n_over > 0:  # leftovers, in hash order, fill the remaining room code by code
-        bounds = np.cumsum(np.maximum(free, 0))
-        slot = F.row_number().over(Window.orderBy(F.col(HASH), F.col(id_col))) - 1
-        code_of_slot = None
-        for code in np.nonzero(free > 0)[0]:
-            cond = F.col("_slot") < F.lit(int(bounds[code]))
-            code_of_slot = F.when(cond, F.lit(int(code))) if code_of_slot is None else \
-                code_of_slot.when(cond, F.lit(int(code)))
-        placed.append(overflow.withColumn("_slot", slot).select(*cols, code_of_slot.alias(CODE)))
+        placed.append(slot_fallback(overflow, free, cols, id_col))
     stats.setdefault("overflow", []).append(int(first_overflow))
     stats.setdefault("repair_rounds", []).append(rounds)
     stats.setdefault("fallback_items", []).append(int(n_over))

@@ -173,15 +173,7 @@ def balance_level(rows: DataFrame, id_col: str, lv: _Level, prices: Optional[np.
         overflow = ranked.where(~F.col("_ok")).select(*base_cols)
         log.info("level %d repair round %d: %d items still without room", lv.level + 1, rounds, n_over)
     if n_over > 0:
-        # Global slot fallback: leftovers, in hash order, fill the remaining room code by code.
-        bounds = np.cumsum(np.maximum(free, 0))
-        slot = F.row_number().over(Window.orderBy(F.col(HASH), F.col(id_col))) - 1
-        code_of_slot = None
-        for code in np.nonzero(free > 0)[0]:
-            cond = F.col("_slot") < F.lit(int(bounds[code]))
-            code_of_slot = F.when(cond, F.lit(int(code))) if code_of_slot is None else \
-                code_of_slot.when(cond, F.lit(int(code)))
-        placed.append(overflow.withColumn("_slot", slot).select(*base_cols, code_of_slot.alias(CODE)))
+        placed.append(slot_fallback(overflow, free, base_cols, id_col))
     # full passes over the level's rows: the candidate pass and the window shuffle by code (the repair rounds
     # read only the overflow rows)
     stats.setdefault("passes", []).append(2)
@@ -193,6 +185,19 @@ def balance_level(rows: DataFrame, id_col: str, lv: _Level, prices: Optional[np.
     out = materialize(out.select(id_col, HASH, VEC, F.concat(CODES, F.array(F.col(CODE))).alias(CODES)))
     stats.setdefault("seconds", []).append(time.perf_counter() - started)
     return out
+
+
+def slot_fallback(overflow: DataFrame, free: np.ndarray, cols, id_col: str) -> DataFrame:
+    """Global slot fallback of the repair: the rows still without room, in hash order, fill the remaining room
+    (free, K-sized) code by code. Only the few leftovers of the last repair round come here."""
+    bounds = np.cumsum(np.maximum(free, 0))
+    slot = F.row_number().over(Window.orderBy(F.col(HASH), F.col(id_col))) - 1
+    code_of_slot = None
+    for code in np.nonzero(free > 0)[0]:
+        cond = F.col("_slot") < F.lit(int(bounds[code]))
+        code_of_slot = F.when(cond, F.lit(int(code))) if code_of_slot is None else \
+            code_of_slot.when(cond, F.lit(int(code)))
+    return overflow.withColumn("_slot", slot).select(*cols, code_of_slot.alias(CODE))
 
 
 def greedy_level(rows: DataFrame, lv: _Level) -> DataFrame:
