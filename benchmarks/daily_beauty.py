@@ -45,7 +45,8 @@ def split_days(out: str) -> list:
 def row(day: str, m: dict) -> str:
     dr = m.get("drift")
     if dr is None:
-        return f"| {day} | {m['items_read']} | {m['items_encoded']} | {m['items']} | (full balanced encode) | – | – | – |"
+        return (f"| {day} | {m['items_read']} | {m['items_encoded']} | {m['items']} | (full balanced encode) "
+                "| – | – | – |")
     f = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
     levels = "; ".join(f"{lv['smallest']}/{lv['largest']} ({lv['expected']:.1f})" for lv in dr["levels"])
     return (f"| {day} | {m['items_read']} | {m['items_encoded']} | {m['items']} | {levels} | "
