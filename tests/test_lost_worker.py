@@ -30,17 +30,21 @@ ROOT = Path(__file__).resolve().parents[1]
 N, D, FILES = 12000, 16, 24
 
 
-@pytest.fixture(scope="module")
-def catalog(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("lost") / "items"
+def write_catalog(path: Path, n: int, d: int, components: int, seed: int, id_seed: int, files: int, id_type) -> Path:
+    """A synthetic catalog of n shuffled ids as `files` Parquet files (one task each when read)."""
     path.mkdir()
-    x = numpy_catalog(N, D, seed=9, components=60)
-    ids = np.random.default_rng(2).permutation(N).astype(np.int32)
-    for i, part in enumerate(np.array_split(np.arange(N), FILES)):
-        pq.write_table(pa.table({"item_id": pa.array(ids[part], pa.int32()),
+    x = numpy_catalog(n, d, seed=seed, components=components)
+    ids = np.random.default_rng(id_seed).permutation(n).astype(id_type.to_pandas_dtype())
+    for i, part in enumerate(np.array_split(np.arange(n), files)):
+        pq.write_table(pa.table({"item_id": pa.array(ids[part], id_type),
                                  "embedding": pa.array(list(x[part]), pa.list_(pa.float32()))}),
                        path / f"part-{i:03d}.parquet")
     return path
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory) -> Path:
+    return write_catalog(tmp_path_factory.mktemp("lost") / "items", N, D, 60, 9, 2, FILES, pa.int32())
 
 
 @pytest.fixture(scope="module")
@@ -129,15 +133,8 @@ SMALL_N, SMALL_D = 3000, 8
 
 @pytest.fixture(scope="module")
 def small_catalog(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("lost-small") / "items"
-    path.mkdir()
-    x = numpy_catalog(SMALL_N, SMALL_D, seed=3, components=40)
-    ids = np.random.default_rng(5).permutation(SMALL_N).astype(np.int64)
-    for i, part in enumerate(np.array_split(np.arange(SMALL_N), 6)):
-        pq.write_table(pa.table({"item_id": pa.array(ids[part], pa.int64()),
-                                 "embedding": pa.array(list(x[part]), pa.list_(pa.float32()))}),
-                       path / f"part-{i}.parquet")
-    return path
+    return write_catalog(tmp_path_factory.mktemp("lost-small") / "items", SMALL_N, SMALL_D, 40, 3, 5, 6,
+                         pa.int64())
 
 
 def test_balanced_encode_survives_a_lost_worker_with_the_clean_sids(spark, spark_cluster, shipped, small_catalog,
