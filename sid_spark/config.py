@@ -123,18 +123,43 @@ class TokenizerConfig:
 
 
 def parse_value(text: str) -> Any:
-    """A `--set key=value` value, read as YAML so numbers, booleans and lists come out typed."""
-    return yaml.safe_load(text) if text != "" else ""
+    """A `--set key=value` value, read as YAML so numbers, booleans and lists come out typed. `1e-3` is a number
+    too (YAML 1.1, which PyYAML reads, wants `1.0e-3`)."""
+    value = yaml.safe_load(text) if text != "" else ""
+    if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _split_pair(pair: str) -> tuple[str, Any]:
+    key, sep, value = pair.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key=value, got {pair!r}")
+    return key.strip(), parse_value(value)
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+    """The one `--set` grammar: `key=value`, the value read as YAML (see parse_value)."""
+    return dict(_split_pair(pair) for pair in pairs or [])
+
+
+def split_sections(pairs: list[str] | None, sections) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """`--set <section>.<key>=value` for a known section (an encoder's name, `metrics`, `retrieval`, `encoder`)
+    -> {section: {key: value}}; every other pair is returned as it came, for parse_overrides."""
+    per: dict[str, dict[str, Any]] = {}
+    rest = []
     for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects key=value, got {pair!r}")
-        out[key.strip()] = parse_value(value)
-    return out
+        key, sep, _ = pair.partition("=")
+        name, dot, sub = key.strip().partition(".")
+        if sep and dot and sub and name in sections:
+            k, v = _split_pair(pair)
+            per.setdefault(name, {})[k.partition(".")[2]] = v
+        else:
+            rest.append(pair)
+    return per, rest
 
 
 def has_scheme(path: str | Path | None) -> bool:

@@ -6,7 +6,7 @@ import logging
 import time
 
 from ..cli import command, extra_args, require, session
-from ..config import parse_value, resolve
+from ..config import resolve, split_sections
 from ..errors import InputError
 
 log = logging.getLogger("sid_spark.cli")
@@ -17,16 +17,7 @@ def split_encoder_overrides(pairs):
     `--set retrieval.epochs=3` to the retriever of `--retrieval`, every other `--set` to the tokenizer config."""
     from ..compare import DEFAULT_SPECS
 
-    per: dict = {}
-    rest = []
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        name, dot, sub = key.strip().partition(".")
-        if sep and dot and (name in DEFAULT_SPECS or name in ("metrics", "retrieval")):
-            per.setdefault(name, {})[sub] = parse_value(value)
-        else:
-            rest.append(pair)
-    return per, rest
+    return split_sections(pairs, set(DEFAULT_SPECS) | {"metrics", "retrieval"})
 
 
 @command("compare", "run every encoder + residual k-means on one catalog and write the comparison table")

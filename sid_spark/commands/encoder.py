@@ -9,21 +9,15 @@ import logging
 import time
 
 from ..cli import command, extra_args, require, session
-from ..config import parse_value, resolve
-from ..errors import SidSparkError
+from ..config import resolve, split_sections
 
 log = logging.getLogger("sid_spark.cli")
 
 
 def _split(pairs):
-    enc, rest = {}, []
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if sep and key.strip().startswith("encoder."):
-            enc[key.strip()[len("encoder."):]] = parse_value(value)
-        else:
-            rest.append(pair)
-    return enc, rest
+    """`--set encoder.<key>=value` -> the encoder's keys; the rest are tokenizer keys."""
+    per, rest = split_sections(pairs, {"encoder"})
+    return per.get("encoder", {}), rest
 
 
 @command("train-encoder", "train one of the other encoders (--encoder NAME) and write its model artifact")
@@ -52,6 +46,7 @@ def cmd_train_encoder(args) -> dict:
 @command("encode-encoder", "encode a catalog with a trained encoder artifact (--model) into a SID table")
 def cmd_encode_encoder(args) -> dict:
     from ..encoder_tokenizer import EncoderModel
+    from ..spark.sid_table import check_read_balance
     from ..spark.io import REJECTS, commit_output, read_input
     from ..storage import guard_output
 
@@ -74,8 +69,7 @@ def cmd_encode_encoder(args) -> dict:
         n_sids = spark.read.parquet(staging).count()
         n_rej = spark.read.parquet(f"{staging}/{REJECTS}").count()
         n_in = df.count()
-        if n_in != n_sids + n_rej:
-            raise SidSparkError(f"accounting mismatch: read {n_in} items, encoded {n_sids}, rejected {n_rej}")
+        check_read_balance(n_in, n_sids, n_rej)
         return {"kind": "sids", "encoder": model.encoder.name, "model_id": model.model_id, "levels": model.levels,
                 "token_sizes": list(model.encoder.token_sizes), "id_col": model.config.id_col,
                 "sid_col": model.config.sid_col, "items_read": n_in, "items_encoded": n_sids,
