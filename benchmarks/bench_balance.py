@@ -44,7 +44,7 @@ def main():
         stats: dict = {}
         t = time.perf_counter()
         out = os.path.join(work, "sids")
-        encode_balanced(prepare(df, model.config, dim=model.dim).valid, model, model.config, stats) \
+        encode_balanced(prepare(df, model.config, dim=model.dim).valid, model.quantizer(), stats) \
             .write.parquet(out)
         total = time.perf_counter() - t
         sids = spark.read.parquet(out)

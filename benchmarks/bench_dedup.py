@@ -63,7 +63,7 @@ def main() -> None:
     vectors = prepare(df, model.config, dim=model.dim).valid
     for mode in ("suffix", "reassign"):
         t = time.time()
-        res = dedup_sids(sids, vectors, model, mode)
+        res = dedup_sids(sids, vectors, model.quantizer(), mode)
         res.sids.write.mode("overwrite").parquet(f"{args.out}/{mode}")
         rep = res.report()
         secs = time.time() - t

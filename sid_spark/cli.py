@@ -62,6 +62,14 @@ def require(args, *names: str) -> None:
             raise ConfigError(f"--{name} is required for `{args.command}`")
 
 
+def explicit_keys(args) -> set:
+    """The tokenizer keys this run sets itself (its --config file and --set pairs), as opposed to defaults: these
+    override what a loaded model artifact recorded."""
+    from .config import load_config_file, parse_overrides
+
+    return set(load_config_file(args.config)) | set(parse_overrides(args.overrides))
+
+
 def session(args, app: str):
     from .config import has_scheme, resolve
     from .spark.session import get_session

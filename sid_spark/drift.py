@@ -17,9 +17,12 @@ input (error_ratio = new / published); the relative form divides by mean ||x||^2
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 import numpy as np
+
+if TYPE_CHECKING:  # the execution layer's model view; drift never builds one
+    from .spark.encode import Quantizer
 
 # Job keys (conf/encode.yaml or --set) of `sid-spark encode --existing`; null disables a threshold.
 DRIFT_DEFAULTS = {
@@ -115,15 +118,15 @@ def drift_report(old_counts: List[np.ndarray], new_counts: List[np.ndarray], bal
 
 
 # ---- the Spark aggregation --------------------------------------------------------------------------------------
-def spark_drift(model, existing, new_sids, new_valid, old_valid, rejects, old_counts: List[np.ndarray],
+def spark_drift(model: Quantizer, existing, new_sids, new_valid, old_valid, rejects, old_counts: List[np.ndarray],
                 items_read: int, thresholds: dict) -> dict:
     """existing: the published table (id, sid, ...); new_sids: (id, sid) of the appended items as encoded (before
-    any suffix or reassignment); new_valid / old_valid: prepared rows (id, _vec, _h) of the new items and of the
+    any suffix or reassignment); new_valid / old_valid: prepared rows (id, _vec, _id_hash) of the new items and of the
     input's items already published; rejects: (id, reason) of this append."""
     from pyspark.sql import functions as F
 
     from .spark.append import code_counts
-    from .spark.dedup import D0, NORM, _distance_rows
+    from .spark.dedup import ERR_FIRST, NORM, _distance_rows
     from .spark.prepare import HASH, VEC
 
     cfg = model.config
@@ -146,10 +149,10 @@ def spark_drift(model, existing, new_sids, new_valid, old_valid, rejects, old_co
              .unionByName(existing.select(id_col, sid_col).join(old_valid.select(id_col, VEC, HASH), on=id_col)
                           .withColumn("_new", F.lit(0))))
     dist = _distance_rows(items.select(id_col, sid_col, HASH, VEC), codebooks, id_col, sid_col, model.dim)
-    # _distance_rows keeps (id, sid, _h): bring the tag back by id
+    # _distance_rows keeps (id, sid, _id_hash): bring the tag back by id
     tags = items.select(id_col, "_new")
     per_tag = dist.join(tags, on=id_col).groupBy("_new").agg(
-        F.count(F.lit(1)).alias("n"), F.sum(D0).alias("sq"), F.sum(NORM).alias("norm"))
+        F.count(F.lit(1)).alias("n"), F.sum(ERR_FIRST).alias("sq"), F.sum(NORM).alias("norm"))
     sums = {r["_new"]: r for r in per_tag.collect()}  # driver-ok: 2 rows
 
     def part(flag):
@@ -159,7 +162,7 @@ def spark_drift(model, existing, new_sids, new_valid, old_valid, rejects, old_co
     (nsq, nnorm, nn), (osq, onorm, on) = part(1), part(0)
     errors = error_figures(nsq, nnorm, nn, osq, onorm, on)
     reasons = {r["reason"]: int(r["count"]) for r in rejects.groupBy("reason").count().collect()}  # driver-ok
-    n_train = model.summary.get("n_items") if model.summary is not None else None
+    n_train = model.n_items
     balanced = [cfg.balance_for(level) == "exact" for level in range(model.levels)]
     return drift_report(old_counts, new_counts, balanced, collisions, errors, reasons, items_read,
                         int(n_train) if n_train is not None else None, thresholds)

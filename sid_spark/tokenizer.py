@@ -27,7 +27,7 @@ from .config import TokenizerConfig
 from .errors import ArtifactError
 from .ml_params import HasTokenizerParams
 from .spark.prepare import Prepared, prepare
-from .spark.runner import QuantizerState, encode_rows
+from .spark.encode import Quantizer, encode_valid
 from .spark.train import TrainResult, train_residual_kmeans
 
 log = logging.getLogger("sid_spark")
@@ -192,10 +192,6 @@ class ResidualKMeansModel(Model, HasTokenizerParams, MLReadable, MLWritable):
         """The codebooks, one (K_l, d) array per level (pyspark.ml's KMeansModel name)."""
         return list(self.codebooks)
 
-    def state(self) -> QuantizerState:
-        cfg = self.config
-        return QuantizerState(tuple(self.codebooks), tuple(self.prices), cfg.block_rows, cfg.device)
-
     def copy(self, extra=None) -> "ResidualKMeansModel":
         that = super().copy(extra)
         that.codebooks, that.prices = list(self.codebooks), list(self.prices)
@@ -207,14 +203,13 @@ class ResidualKMeansModel(Model, HasTokenizerParams, MLReadable, MLWritable):
         return self.encode_prepared(prepared)
 
     def encode_prepared(self, prepared: Prepared) -> EncodeResult:
-        from .spark.balance import encode_balanced
+        return EncodeResult(sids=encode_valid(prepared.valid, self.quantizer()), rejects=prepared.rejects)
 
-        cfg = self.config
-        if any(cfg.balance_for(lvl) == "exact" for lvl in range(self.levels)):
-            sids = encode_balanced(prepared.valid, self, cfg)
-        else:
-            sids = encode_rows(prepared.valid, cfg.id_col, cfg.sid_col, self.state(), self.dim)
-        return EncodeResult(sids=sids, rejects=prepared.rejects)
+    def quantizer(self, config: Optional[TokenizerConfig] = None) -> Quantizer:
+        """What the execution layer needs of this model (codebooks, prices, settings), as plain data; `config`
+        replaces the model's settings (the codebooks stay)."""
+        return Quantizer(tuple(self.codebooks), tuple(self.prices), config or self.config, self.model_id,
+                         self.summary.get("n_items") if self.summary is not None else None)
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
         """`dataset` with the SID column added (null for rows that cannot be encoded; see `encode` for why)."""

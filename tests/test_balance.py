@@ -92,7 +92,7 @@ def balanced(spark, catalog):
     from sid_spark.spark.balance import encode_balanced
     from sid_spark.spark.prepare import prepare
 
-    sids = encode_balanced(prepare(df, model.config, dim=model.dim).valid, model, model.config, stats)
+    sids = encode_balanced(prepare(df, model.config, dim=model.dim).valid, model.quantizer(), stats)
     return model, sids.orderBy("item_id"), stats
 
 
@@ -153,7 +153,7 @@ def test_without_repair_rounds_the_slot_fallback_still_gives_exact_sizes(balance
     model, repaired, _ = balanced
     stats = {}
     cfg = dataclasses.replace(model.config, balance_repair_rounds=0)
-    sids = encode_balanced(prepare(df, cfg, dim=model.dim).valid, model, cfg, stats).orderBy("item_id")
+    sids = encode_balanced(prepare(df, cfg, dim=model.dim).valid, model.quantizer(cfg), stats).orderBy("item_id")
     codes = np.array([r["sid"] for r in sids.collect()])
     assert stats["repair_rounds"] == [0, 0, 0] and min(stats["fallback_items"]) > 0
     for level in range(3):

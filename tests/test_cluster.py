@@ -198,7 +198,7 @@ def test_dedup_on_the_cluster_equals_local_mode_and_makes_sids_unique(on_cluster
     paths, _ = on_cluster
     df, local, local_sids = local_run
     model = ResidualKMeansModel(local.config.replace(dedup=DEDUP), local.codebooks, local.prices)
-    want = dedup_sids(local_sids, prepare(df, model.config, dim=model.dim).valid, model).sids
+    want = dedup_sids(local_sids, prepare(df, model.config, dim=model.dim).valid, model.quantizer()).sids
     cols = ["item_id", "sid", suffix_col_name("sid")]
     got = spark.read.parquet(str(paths["dedup"]))
     assert_df_equality(got.select(*cols), want.select(*cols), ignore_row_order=True, ignore_nullable=True)

@@ -9,7 +9,7 @@ from pyspark.sql import functions as F
 from sid_spark import ResidualKMeansModel, TokenizerConfig
 from sid_spark.kernels import dedup as kd
 from sid_spark.spark.dedup import dedup_sids
-from sid_spark.spark.prepare import prepare
+from sid_spark.spark.prepare import HASH, prepare
 from tests.conftest import make_df
 
 # Hand-built 2-level model in 2-d: level a = four far-apart centres, level b = small offsets.
@@ -65,13 +65,13 @@ def test_alternatives_do_not_depend_on_batch_composition():
 # ---- Spark: hand-computed cases ----------------------------------------------------------------------------
 def _hashes(spark, model, ids):
     valid = prepare(hand_df(spark), model.config, dim=2).valid
-    return {r["item_id"]: r["_h"] for r in valid.where(F.col("item_id").isin(ids)).collect()}
+    return {r["item_id"]: r[HASH] for r in valid.where(F.col("item_id").isin(ids)).collect()}
 
 
 def _run(spark, model, mode, partitions=2, **kw):
     df = hand_df(spark, partitions)
     sids = model.encode(df).sids
-    res = dedup_sids(sids, prepare(df, model.config, dim=2).valid, model, mode, **kw)
+    res = dedup_sids(sids, prepare(df, model.config, dim=2).valid, model.quantizer(), mode, **kw)
     got = {r["item_id"]: (tuple(r["sid"]), r["sid_suffix"]) for r in res.sids.collect()}
     return got, res.report()
 
@@ -200,12 +200,12 @@ def planted_run(spark):
         valid = prepare(df, model.config, dim=D).valid
         sids = model.encode(df).sids.repartition(parts)
         for mode in ("suffix", "reassign"):
-            res = dedup_sids(sids, valid, model, mode, capacity=1, alternatives=K - 1)
+            res = dedup_sids(sids, valid, model.quantizer(), mode, capacity=1, alternatives=K - 1)
             out[(parts, mode)] = (sorted((r["item_id"], tuple(r["sid"]), r["sid_suffix"]) for r in res.sids.collect()),
                                   res.report())
         if parts == 1:
             base = sorted((r["item_id"], tuple(r["sid"])) for r in sids.collect())
-            h = {r["item_id"]: r["_h"] for r in valid.select("item_id", "_h").collect()}
+            h = {r["item_id"]: r[HASH] for r in valid.select("item_id", HASH).collect()}
     return x, ids, cbs, base, h, out
 
 

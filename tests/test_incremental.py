@@ -8,7 +8,7 @@ from pyspark.sql import types as T
 
 from sid_spark import ResidualKMeansModel, TokenizerConfig
 from sid_spark.errors import ArtifactError, SidSparkError
-from sid_spark.spark.dedup import encode_incremental
+from sid_spark.spark.incremental import encode_incremental
 from tests.conftest import make_df
 from tests.test_dedup import CB0, CB1, HAND, K, hand_model, planted
 
@@ -28,7 +28,7 @@ def new_items(spark, items):
 def run(model, spark, old_rows, items, mode, manifest=None):
     existing = existing_table(spark, old_rows)
     man = manifest or {"model_id": model.model_id, "dedup": mode, "sid_capacity": 1}
-    inc = encode_incremental(model, new_items(spark, items), existing, man)
+    inc = encode_incremental(model.quantizer(), new_items(spark, items), existing, man)
     return {r["item_id"]: (tuple(r["sid"]), r["sid_suffix"]) for r in inc.result.sids.collect()}, inc
 
 
@@ -59,7 +59,7 @@ def test_refuses_other_model_and_other_dedup_mode(spark):
     with pytest.raises(ArtifactError, match="not by this model"):
         run(model, spark, [(1, [0, 0], 0)], {4: HAND[4]}, "suffix", {"model_id": "0123456789abcdef", "dedup": "suffix"})
     with pytest.raises(ArtifactError, match="no _manifest.json"):
-        encode_incremental(model, new_items(spark, {4: HAND[4]}), existing_table(spark, [(1, [0, 0], 0)]), None)
+        encode_incremental(model.quantizer(), new_items(spark, {4: HAND[4]}), existing_table(spark, [(1, [0, 0], 0)]), None)
     with pytest.raises(SidSparkError, match="dedup='reassign'"):
         run(model, spark, [(1, [0, 0], 0)], {4: HAND[4]}, "suffix", {"model_id": model.model_id, "dedup": "reassign"})
 
@@ -106,7 +106,7 @@ def test_a_lost_item_is_an_accounting_mismatch_and_nothing_is_committed(tmp_path
     """Forged: the incremental encode loses one new item on its way to the table. items_encoded and
     items_already_present are counted from the table written, so read != encoded + rejected + present and the
     job stops (exit 2, one line) with the previous output intact. Derived as a remainder, this would pass."""
-    import sid_spark.spark.dedup as dedup_mod
+    import sid_spark.spark.incremental as dedup_mod
     from sid_spark.cli import main
 
     x, cbs = planted(2)

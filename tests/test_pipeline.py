@@ -67,7 +67,7 @@ def test_spark_training_matches_full_batch_reference(blob_model, blobs):
 def test_one_lloyd_iteration_equals_numpy(spark, blobs):
     """Same initial centroids => same centroids after one distributed iteration (to 1e-5)."""
     from sid_spark.spark.prepare import prepare
-    from sid_spark.spark.runner import QuantizerState, level_stats
+    from sid_spark.spark.quantize import QuantizerState, level_stats
 
     cfg = TokenizerConfig(levels=1, codebook_size=8, balance="none")
     prepared = prepare(make_df(spark, blobs, partitions=4), cfg)
@@ -166,6 +166,24 @@ def test_unknown_and_bad_config_keys_name_the_key():
         TokenizerConfig(levels=0)
     with pytest.raises(ConfigError, match="'device'"):
         TokenizerConfig(device="tpu")
+
+
+def test_one_set_grammar_for_every_command():
+    from sid_spark.commands.compare import split_encoder_overrides
+    from sid_spark.commands.encoder import _split
+    from sid_spark.config import parse_overrides, split_sections
+
+    assert parse_overrides(["levels=2", "balance=[exact, none]", "tol=1e-3", "sid_col="]) == {
+        "levels": 2, "balance": ["exact", "none"], "tol": 1e-3, "sid_col": ""}
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["levels"])
+    per, rest = split_sections(["rqvae.epochs=5", "retrieval.ks=[5, 10]", "seed=3", "other.x=1"],
+                               {"rqvae", "retrieval"})
+    assert per == {"rqvae": {"epochs": 5}, "retrieval": {"ks": [5, 10]}} and rest == ["seed=3", "other.x=1"]
+    # compare and the encoder commands read their sections with that same grammar
+    assert split_encoder_overrides(["metrics.knn_queries=200", "seed=3"]) == ({"metrics": {"knn_queries": 200}},
+                                                                              ["seed=3"])
+    assert _split(["encoder.epochs=30", "seed=1"]) == ({"epochs": 30}, ["seed=1"])
 
 
 def test_cli_train_encode_on_tiny_catalog(tmp_path, spark, blobs, capsys):

@@ -62,7 +62,7 @@ def cmd_retrieval(args) -> dict:
     from ..retrieval.metrics import ranking_metrics
     from ..report import retrieval_section
     from ..retrieval.train import fit_and_score
-    from ..spark.dedup import suffix_col_name
+    from ..spark.sid_table import suffix_col_name
     from ..spark.io import commit_output, read_input, read_manifest, write_text
 
     require(args, "sids", "interactions", "output")

@@ -15,14 +15,13 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
-import pyarrow as pa
 import torch
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ..errors import InputError
-from ..spark.device import configure_torch_for_task, task_device
+from ..spark.runner import Totals, aggregate_blocks, code_matrix, map_blocks
 from ..spark.prepare import HASH, VEC, item_hash
 from ..spark.vectors import arrow_matrix, float_array_column
 from . import formulas as fm
@@ -155,12 +154,11 @@ def _prefix_stats(sids: DataFrame, sid_col: str, levels: int) -> list:
 
 # ---- reconstruction --------------------------------------------------------------------------------------
 def _vectors(embeddings_df: DataFrame, id_col: str, vector_col: str, dim: Optional[int] = None):
-    from ..spark.prepare import infer_dimension
+    from ..spark.prepare import infer_dimension, row_reason
 
     rows = embeddings_df.select(F.col(id_col), float_array_column(embeddings_df, vector_col).alias(VEC))
     dim = dim or infer_dimension(rows)
-    ok = F.col(id_col).isNotNull() & F.col(VEC).isNotNull() & (F.size(VEC) == dim)
-    return rows.where(ok), dim
+    return rows.where(row_reason(id_col, dim).isNull()), dim  # the encoder's own validation: one rule for a row
 
 
 def _reconstruction(sids: DataFrame, vectors: DataFrame, id_col: str, sid_col: str, codebooks, dim: int) -> list:
@@ -169,27 +167,21 @@ def _reconstruction(sids: DataFrame, vectors: DataFrame, id_col: str, sid_col: s
     n_cb = len(cbs_np)
     joined = vectors.join(sids, on=id_col).where(F.size(sid_col) >= n_cb).select(VEC, sid_col)
 
-    def part(batches):
-        configure_torch_for_task()
-        cbs = [torch.from_numpy(c) for c in cbs_np]
+    def kernel(cbs, x, batch):
+        sid = batch.column(batch.schema.get_field_index(sid_col))
+        starts = sid.offsets.to_numpy()[:-1].astype(np.int64)
+        values = torch.from_numpy(sid.values.to_numpy().astype(np.int64))
         acc = np.zeros(n_cb + 1, np.float64)
-        for b in batches:
-            if b.num_rows == 0:
-                continue
-            x = torch.from_numpy(arrow_matrix(b.column(0), dim).copy())
-            sid = b.column(1)
-            starts = sid.offsets.to_numpy()[:-1].astype(np.int64)
-            values = torch.from_numpy(sid.values.to_numpy().astype(np.int64))
-            acc[0] += float((x.double() ** 2).sum())
-            r = x
-            for level, cb in enumerate(cbs):
-                r = r - cb[values[torch.from_numpy(starts + level)]]
-                acc[level + 1] += float((r.double() ** 2).sum())
-        yield pa.RecordBatch.from_arrays([pa.array([acc.tolist()], pa.list_(pa.float64()))], ["acc"])
+        acc[0] = float((x.double() ** 2).sum())
+        r = x
+        for level, cb in enumerate(cbs):
+            r = r - cb[values[torch.from_numpy(starts + level)]]
+            acc[level + 1] = float((r.double() ** 2).sum())
+        return Totals(acc)
 
-    sums = (joined.mapInArrow(part, T.StructType([T.StructField("acc", T.ArrayType(T.DoubleType()))]))
-            .select(*[F.sum(F.col("acc")[i]).alias(f"a{i}") for i in range(n_cb + 1)]).first())  # driver-ok: L+1
-    total = np.array([v or 0.0 for v in sums])
+    sums = aggregate_blocks(joined, kernel, lambda: Totals(np.zeros(n_cb + 1)), dim=dim, device="cpu",
+                            setup=lambda dev: [torch.from_numpy(c) for c in cbs_np]).values
+    total = sums
     if total[0] <= 0:
         return []
     return [float(v / total[0]) for v in total[1:]]
@@ -240,7 +232,7 @@ def _neighbourhoods(sids, vectors, id_col, sid_col, dim, levels, interactions_df
         log.info("neighbourhoods: %d catalog items, %d queries, top-%d", n_catalog, n_q, kmax)
         q_vec = normalise(arrow_matrix(q.column(VEC), dim)) if n_q else np.zeros((0, dim), np.float32)
         q_ids = q.column("id").to_numpy().astype(np.int64)
-        q_codes = (q.column(sid_col).combine_chunks().flatten().to_numpy().astype(np.int64).reshape(n_q, levels)
+        q_codes = (code_matrix(q.column(sid_col), levels)
                    if n_q else np.zeros((0, levels), np.int64))
         parts = [_topk_pass(catalog, sid_col, dim, levels, q_vec[s:s + query_block], q_ids[s:s + query_block],
                             q_codes[s:s + query_block], kmax, block_rows, device)
@@ -304,19 +296,17 @@ def _topk_pass(catalog: DataFrame, sid_col: str, dim: int, levels: int, q_vec, q
     """One scan of the catalog for one broadcast block of queries: each partition's top-k of both rankings."""
     schema = T.StructType([T.StructField("ranking", T.ByteType()), T.StructField("q", T.LongType()),
                            T.StructField("item", T.LongType()), T.StructField("key", T.DoubleType())])
-    names = [f.name for f in schema.fields]
 
-    def partition(batches):
-        configure_torch_for_task()
-        search = NeighbourSearch(q_vec, q_ids, q_codes, k, block_rows, device=task_device(device))
-        for b in batches:
-            if b.num_rows == 0:
-                continue
-            x = normalise(arrow_matrix(b.column(1), dim))
-            codes = b.column(2).flatten().to_numpy().astype(np.int64).reshape(-1, levels)
-            search.add(x, b.column(0).to_numpy(), b.column(3).to_numpy(), codes)
+    def setup(dev):
+        return NeighbourSearch(q_vec, q_ids, q_codes, k, block_rows, device=dev)
+
+    def kernel(search, x, b):
+        codes = code_matrix(b.column(2), levels)
+        search.add(normalise(x.cpu().numpy()), b.column(0).to_numpy(), b.column(3).to_numpy(), codes)
+
+    def finish(search):
         r, qq, item, key = search.result()
-        yield pa.RecordBatch.from_arrays([pa.array(r, pa.int8()), pa.array(qq, pa.int64()),
-                                          pa.array(item, pa.int64()), pa.array(key, pa.float64())], names)
+        return {"ranking": r, "q": qq, "item": item, "key": key}
 
-    return catalog.select("id", VEC, sid_col, HASH).mapInArrow(partition, schema)
+    return map_blocks(catalog.select("id", VEC, sid_col, HASH), schema, kernel, dim=dim, setup=setup,
+                      device=device, finish=finish)

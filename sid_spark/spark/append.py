@@ -29,6 +29,7 @@ from pyspark.sql import types as T
 from ..storage import materialize
 from .balance import CHOICE, CODE, CODES, COST, FIRST, REGRET, _Level, candidate_rows, greedy_level, \
     nearest_free_rows, slot_fallback
+from .encode import Quantizer
 from .prepare import HASH, VEC
 
 log = logging.getLogger("sid_spark.append")
@@ -67,7 +68,7 @@ def _accepted_counts(ranked: DataFrame, col: str, k: int):
 
 def place_level(rows: DataFrame, id_col: str, lv: _Level, prices: Optional[np.ndarray], room: np.ndarray,
                 max_rounds: int, stats: dict) -> DataFrame:
-    """rows (id, _h, _vec, _codes) -> the same rows with this level's code appended, code k taking at most
+    """rows (id, _id_hash, _vec, _codes) -> the same rows with this level's code appended, code k taking at most
     room[k] of them (sum(room) >= rows)."""
     spark = rows.sparkSession
     k = lv.codebooks[-1].shape[0]
@@ -109,9 +110,9 @@ def place_level(rows: DataFrame, id_col: str, lv: _Level, prices: Optional[np.nd
     return materialize(out.select(id_col, HASH, VEC, F.concat(CODES, F.array(F.col(CODE))).alias(CODES)))
 
 
-def encode_append(model, new_valid: DataFrame, old_counts: List[np.ndarray], n_old: int, n_new: int,
+def encode_append(model: Quantizer, new_valid: DataFrame, old_counts: List[np.ndarray], n_old: int, n_new: int,
                   slack: float = 0.0, stats: Optional[dict] = None) -> DataFrame:
-    """(id, sid) for the prepared new rows (id, _vec, _h): balanced levels by the capacity rule above against
+    """(id, sid) for the prepared new rows (id, _vec, _id_hash): balanced levels by the capacity rule above against
     the published table's per-level code counts `old_counts`, greedy levels by nearest code."""
     stats = {} if stats is None else stats
     cfg = model.config

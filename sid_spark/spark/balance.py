@@ -33,9 +33,8 @@ from ..kernels import balance as bal
 # (its string alone exhausted the driver heap in a 3-level test). materialize: reliable inside a command.
 from ..storage import materialize
 from ..kernels import kmeans as km
-from .device import configure_torch_for_task, task_device
 from .prepare import HASH, VEC
-from .vectors import arrow_matrix
+from .runner import code_matrix, map_blocks
 
 log = logging.getLogger("sid_spark.balance")
 
@@ -50,72 +49,57 @@ CODE = "_code"
 def _prefix_codes(batch: pa.RecordBatch, level: int) -> torch.Tensor:
     if level == 0:
         return torch.empty((batch.num_rows, 0), dtype=torch.int64)
-    col = batch.column(batch.schema.get_field_index(CODES))
-    return torch.from_numpy(col.flatten().to_numpy().astype(np.int64).reshape(-1, level))
-
-
-def _level_residual(batch: pa.RecordBatch, codebooks, level: int, dim: int) -> torch.Tensor:
-    """x - sum_{l < level} c_l[s_l] from the codes already fixed for this row: (n, d) float32."""
-    x = torch.from_numpy(arrow_matrix(batch.column(batch.schema.get_field_index(VEC)), dim).copy())
-    codes = _prefix_codes(batch, level)
-    for lvl in range(level):
-        x -= codebooks[lvl][codes[:, lvl]]
-    return x
+    return torch.from_numpy(code_matrix(batch.column(batch.schema.get_field_index(CODES)), level))
 
 
 class _Level:
-    """What the partition functions of one level need, pickled to the executors with them."""
+    """What the kernels of one level need, pickled to the executors with them."""
 
     def __init__(self, codebooks: List[np.ndarray], level: int, dim: int, block_rows: int, device: str):
         self.codebooks = [np.ascontiguousarray(c) for c in codebooks[: level + 1]]
         self.level, self.dim, self.block_rows, self.device = level, dim, block_rows, device
 
-    def tensors(self):
-        configure_torch_for_task()
-        dev = task_device(self.device)
-        return [torch.from_numpy(c).to(dev) for c in self.codebooks], dev
+    def setup(self, dev: torch.device):
+        return [torch.from_numpy(c).to(dev) for c in self.codebooks]
 
-    def batches(self, batches):
-        cbs, dev = self.tensors()
-        for batch in batches:
-            if batch.num_rows:
-                yield batch, _level_residual(batch, [c.cpu() for c in cbs], self.level, self.dim).to(dev), cbs[-1]
+    def residual(self, cbs, x: torch.Tensor, batch: pa.RecordBatch) -> torch.Tensor:
+        """x - sum_{l < level} c_l[s_l] from the codes already fixed for this row: (n, d) float32."""
+        r = x.clone()
+        codes = _prefix_codes(batch, self.level).to(x.device)
+        for lvl in range(self.level):
+            r -= cbs[lvl][codes[:, lvl]]
+        return r
 
-
-def _with_columns(batch: pa.RecordBatch, names, arrays) -> pa.RecordBatch:
-    return pa.RecordBatch.from_arrays(list(batch.columns) + list(arrays), names=list(batch.schema.names) + list(names))
+    def map(self, rows: DataFrame, schema: T.StructType, kernel) -> DataFrame:
+        """map_blocks with kernel(codebooks, residual, batch) on this level's residuals."""
+        return map_blocks(rows, schema, lambda cbs, x, batch: kernel(cbs, self.residual(cbs, x, batch), batch),
+                          dim=self.dim, setup=self.setup, device=self.device)
 
 
 def candidate_rows(rows: DataFrame, lv: _Level, prices: np.ndarray) -> DataFrame:
     """rows + first choice (int) and regret (double): cost of the second choice minus the first, under prices."""
     schema = T.StructType(rows.schema.fields + [T.StructField(FIRST, T.IntegerType()),
                                                 T.StructField(REGRET, T.DoubleType())])
+    p = torch.from_numpy(prices)
 
-    def partition(batches):
-        p = torch.from_numpy(prices)
-        for batch, r, cb in lv.batches(batches):
-            codes, cost = km.assign(r, cb, p.to(r.device), lv.block_rows, topk=2)
-            yield _with_columns(batch, [FIRST, REGRET],
-                                [pa.array(codes[:, 0].to(torch.int32).cpu().numpy()),
-                                 pa.array((cost[:, 1] - cost[:, 0]).to(torch.float64).cpu().numpy())])
+    def kernel(cbs, r, _batch):
+        codes, cost = km.assign(r, cbs[-1], p.to(r.device), lv.block_rows, topk=2)
+        return {FIRST: codes[:, 0], REGRET: (cost[:, 1] - cost[:, 0]).to(torch.float64)}
 
-    return rows.mapInArrow(partition, schema)
+    return lv.map(rows, schema, kernel)
 
 
 def nearest_free_rows(rows: DataFrame, lv: _Level, prices: np.ndarray, free: np.ndarray) -> DataFrame:
     """rows + the nearest code that still has room (int) and its cost (double)."""
     schema = T.StructType(rows.schema.fields + [T.StructField(CHOICE, T.IntegerType()),
                                                 T.StructField(COST, T.DoubleType())])
-    full = free <= 0
+    masked = torch.from_numpy(np.where(free <= 0, np.float32(np.inf), prices).astype(np.float32))
 
-    def partition(batches):
-        masked = torch.from_numpy(np.where(full, np.float32(np.inf), prices).astype(np.float32))
-        for batch, r, cb in lv.batches(batches):
-            codes, cost = km.assign(r, cb, masked.to(r.device), lv.block_rows)
-            yield _with_columns(batch, [CHOICE, COST], [pa.array(codes.to(torch.int32).cpu().numpy()),
-                                                        pa.array(cost.to(torch.float64).cpu().numpy())])
+    def kernel(cbs, r, _batch):
+        codes, cost = km.assign(r, cbs[-1], masked.to(r.device), lv.block_rows)
+        return {CHOICE: codes, COST: cost.to(torch.float64)}
 
-    return rows.mapInArrow(partition, schema)
+    return lv.map(rows, schema, kernel)
 
 
 def _code_counts(df: DataFrame, col: str, k: int) -> np.ndarray:
@@ -133,7 +117,7 @@ def _caps_frame(spark, values: np.ndarray, col: str) -> DataFrame:
 
 def balance_level(rows: DataFrame, id_col: str, lv: _Level, prices: Optional[np.ndarray], n: int,
                   max_rounds: int, stats: dict) -> DataFrame:
-    """rows (id, _h, _vec, _codes) -> the same rows with this level's exactly balanced code appended to _codes."""
+    """rows (id, _id_hash, _vec, _codes) -> the same rows with this level's exactly balanced code appended to _codes."""
     spark = rows.sparkSession
     started = time.perf_counter()
     k = lv.codebooks[-1].shape[0]
@@ -202,25 +186,18 @@ def slot_fallback(overflow: DataFrame, free: np.ndarray, cols, id_col: str) -> D
 
 def greedy_level(rows: DataFrame, lv: _Level) -> DataFrame:
     """Unbalanced level inside a balanced encode: nearest centroid, appended to _codes."""
-    schema = rows.schema
+    def kernel(cbs, r, batch):
+        codes = km.nearest(r, cbs[-1], None, lv.block_rows)
+        return {CODES: torch.cat([_prefix_codes(batch, lv.level), codes.cpu().unsqueeze(1)], 1)}
 
-    def partition(batches):
-        for batch, r, cb in lv.batches(batches):
-            codes = km.nearest(r, cb, None, lv.block_rows)
-            prev = _prefix_codes(batch, lv.level)
-            allc = torch.cat([prev, codes.cpu().unsqueeze(1)], 1).to(torch.int32).numpy()
-            m = allc.shape[1]
-            offsets = pa.array(np.arange(0, (len(allc) + 1) * m, m, dtype=np.int32))
-            col = pa.ListArray.from_arrays(offsets, pa.array(allc.reshape(-1), pa.int32()))
-            cols = [col if name == CODES else batch.column(i) for i, name in enumerate(batch.schema.names)]
-            yield pa.RecordBatch.from_arrays(cols, names=batch.schema.names)
-
-    return materialize(rows.mapInArrow(partition, schema))
+    return materialize(lv.map(rows, rows.schema, kernel))
 
 
-def encode_balanced(valid: DataFrame, model, cfg, stats: Optional[dict] = None) -> DataFrame:
-    """(id, sid) for every row of `valid` (id, _vec, _h), with exact capacities at every balanced level."""
+def encode_balanced(valid: DataFrame, model, stats: Optional[dict] = None) -> DataFrame:
+    """(id, sid) for every row of `valid` (id, _vec, _id_hash), with exact capacities at every balanced level.
+    model: an `encode.Quantizer` (reach it through `encode.encode_valid`)."""
     stats = {} if stats is None else stats
+    cfg = model.config
     id_col = cfg.id_col
     rows = materialize(valid.select(id_col, HASH, VEC, F.array().cast(T.ArrayType(T.IntegerType())).alias(CODES)))
     n = rows.count()

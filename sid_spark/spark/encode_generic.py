@@ -7,17 +7,15 @@ import math
 from typing import Dict, Tuple
 
 import numpy as np
-import pyarrow as pa
 import torch
 from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ..config import TokenizerConfig
 from ..encoders import Encoder, encoder_from_bytes
-from .device import configure_torch_for_task, task_device
+from .device import task_device
 from .prepare import VEC, Prepared
-from .runner import _batch_matrices
+from .runner import Totals, aggregate_blocks, map_blocks
 from .train import UNIT, training_sample
 from .vectors import arrow_matrix
 
@@ -39,52 +37,32 @@ def _worker_encoder(bc, model_id: str, device: str) -> Encoder:
     return _LOADED[key]
 
 
-def sid_array(codes: np.ndarray) -> pa.Array:
-    """(n, T) int codes -> Arrow list<int32> from one values buffer."""
-    n, t = codes.shape
-    offsets = pa.array(np.arange(0, (n + 1) * t, t, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, pa.array(codes.astype(np.int32).reshape(-1), pa.int32()))
-
-
 def encode_rows(rows: DataFrame, enc: Encoder, id_col: str, sid_col: str, device: str = "auto",
                 broadcast=None) -> DataFrame:
     """(id, _vec) rows -> (id, sid array<int>), one encoder forward pass per Arrow batch."""
     bc, model_id = broadcast or broadcast_encoder(rows.sparkSession, enc)
-    dim = enc.dim
-    out_schema = T.StructType([rows.schema[id_col],
-                               T.StructField(sid_col, T.ArrayType(T.IntegerType(), False), False)])
+    schema = T.StructType([rows.schema[id_col], T.StructField(sid_col, T.ArrayType(T.IntegerType(), False), False)])
 
-    def partition(batches):
-        configure_torch_for_task()
-        model = _worker_encoder(bc, model_id, device)
-        for batch, x in _batch_matrices(batches, dim, model.device):
-            codes = model.encode(x).cpu().numpy()
-            yield pa.RecordBatch.from_arrays([batch.column(batch.schema.get_field_index(id_col)), sid_array(codes)],
-                                             names=[id_col, sid_col])
+    def kernel(model, x, _batch):
+        return {sid_col: model.encode(x.to(model.device))}
 
-    return rows.select(id_col, VEC).mapInArrow(partition, out_schema)
+    return map_blocks(rows.select(id_col, VEC), schema, kernel, dim=enc.dim, device=device,
+                      setup=lambda dev: _worker_encoder(bc, model_id, device))
 
 
 def reconstruction_error(rows: DataFrame, enc: Encoder, device: str = "auto", broadcast=None) -> float:
-    """sum ||x - decode(encode(x))||^2 / sum ||x||^2 over `rows` (column _vec), one pass; the driver sums one
-    row per partition."""
+    """sum ||x - decode(encode(x))||^2 / sum ||x||^2 over `rows` (column _vec), one pass; the driver receives one
+    pair of sums."""
     bc, model_id = broadcast or broadcast_encoder(rows.sparkSession, enc)
-    dim = enc.dim
 
-    def partition(batches):
-        configure_torch_for_task()
-        model = _worker_encoder(bc, model_id, device)
-        err = norm = 0.0
-        for _, x in _batch_matrices(batches, dim, model.device):
-            x_hat = model.reconstruct(x)
-            err += float(((x - x_hat) ** 2).sum(dtype=torch.float64))
-            norm += float((x ** 2).sum(dtype=torch.float64))
-        yield pa.RecordBatch.from_arrays([pa.array([err]), pa.array([norm])], names=["err", "norm"])
+    def kernel(model, x, _batch):
+        x = x.to(model.device)
+        x_hat = model.reconstruct(x)
+        return Totals([float(((x - x_hat) ** 2).sum(dtype=torch.float64)), float((x ** 2).sum(dtype=torch.float64))])
 
-    schema = T.StructType([T.StructField("err", T.DoubleType()), T.StructField("norm", T.DoubleType())])
-    row = rows.select(VEC).mapInArrow(partition, schema).agg(
-        F.sum("err").alias("e"), F.sum("norm").alias("n")).first()  # driver-ok: one row
-    return float(row["e"] / row["n"]) if row["n"] else math.nan
+    err, norm = aggregate_blocks(rows.select(VEC), kernel, lambda: Totals([0.0, 0.0]), dim=enc.dim, device=device,
+                                 setup=lambda dev: _worker_encoder(bc, model_id, device)).values
+    return float(err / norm) if norm else math.nan
 
 
 def collect_sample(prepared: Prepared, cfg: TokenizerConfig) -> Tuple[np.ndarray, int]:

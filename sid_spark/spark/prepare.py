@@ -12,7 +12,7 @@ from ..errors import InputError
 from .vectors import float_array_column
 
 VEC = "_vec"
-HASH = "_h"
+HASH = "_id_hash"  # item_hash of the id: samples, mini-batches and every tie-break
 FILE = "_file"
 
 # Reasons a row is rejected; the README's "Failure behaviour" table documents each.
@@ -31,7 +31,7 @@ CONFLICTING_DUPLICATE_ID = "conflicting_duplicate_id"
 
 @dataclass
 class Prepared:
-    valid: DataFrame  # id_col, _vec array<float>, _h long
+    valid: DataFrame  # id_col, _vec array<float>, _id_hash long
     rejects: DataFrame  # id_col, reason string
     dim: int
     n_read: Optional[int] = None  # rows read from the input (items read = valid + rejected)

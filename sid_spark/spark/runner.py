@@ -1,8 +1,25 @@
-"""Per-partition functions over Arrow batches, and the driver-side combination of their K-sized results.
+"""The one partition runner (in the spirit of spark-rapids-ml ``core.py``): every per-partition pass of sid_spark
+goes through `map_blocks` (rows in, rows out) or `aggregate_blocks` (rows in, one K-sized result out).
 
-Every function here follows one pattern (spark-rapids-ml ``core.py``): the partition turns the vector column of
-each Arrow batch into one float32 matrix, calls the kernels, and yields either encoded rows or one small blob of
-per-code statistics; the driver only ever sees K-sized aggregates.
+The runner owns what every pass needs and none should write again:
+- task set-up: torch threads (one per task, deterministic algorithms) and the task's device (its assigned GPU, else
+  the CPU), then the algorithm's own `setup(device)` (codebooks, weights) once per task;
+- the vector adapter: the `_vec` column of each Arrow batch becomes one (n, d) float32 tensor on the device,
+  zero-copy from Arrow's buffer on the CPU; rows with a reject reason are not handed to the kernel;
+- empty batches (skipped) and the output arrays: the kernel returns plain arrays (numpy or torch) per output
+  column, the runner builds the Arrow columns from the output schema (list<int> SIDs from one values buffer,
+  nulls for rejected rows) and passes every other column of the schema through from the input batch.
+
+An algorithm supplies only a kernel and its output schema:
+
+    def kernel(ctx, x, batch):             # ctx = setup(device); x: (n, d) float32 tensor; batch: the Arrow batch
+        return {"sid": codes}              # (n, L) ints -> array<int>; (n,) -> the field's scalar type
+    map_blocks(rows, schema, kernel, dim=d, setup=lambda dev: codebooks_on(dev))
+
+A kernel may also return `Block(columns, rows)` where `rows` says which input row each output row repeats (one row
+per alternative, for example), or None for nothing. Aggregations fold each block into an accumulator that supports
+`+`, `to_bytes` and `from_bytes`; the driver receives one accumulator, combined on the executors beyond a few
+partitions.
 """
 from __future__ import annotations
 
@@ -17,58 +34,25 @@ import torch
 from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
-from ..kernels import kmeans as km
 from .device import configure_torch_for_task, task_device
 from .prepare import VEC
 from .vectors import arrow_matrix
 
 
-@dataclass(frozen=True)
-class QuantizerState:
-    """What a partition needs to quantise: the codebooks (and prices) of the levels trained so far."""
-
-    codebooks: tuple  # of (K, d) float32 numpy arrays
-    prices: tuple  # of (K,) float32 numpy arrays or None, one per codebook
-    block_rows: int = km.DEFAULT_BLOCK_ROWS
-    device: str = "auto"
-
-    def tensors(self, dev: torch.device):
-        cbs = [km.as_tensor(c, dev) for c in self.codebooks]
-        prs = [None if p is None else km.as_tensor(p, dev) for p in self.prices]
-        return cbs, prs
-
-
 @dataclass
-class LevelStats:
-    counts: np.ndarray  # (K,) int64
-    sums: np.ndarray  # (K, d) float64
-    sse: float  # sum of squared distances to the assigned centre (no prices)
-    rows: int
+class Block:
+    """A kernel's output for one batch: arrays per output column, and (optionally) the input row each output row
+    repeats for the pass-through columns (default: output row i is input row i)."""
 
-    @staticmethod
-    def zeros(k: int, dim: int) -> "LevelStats":
-        return LevelStats(np.zeros(k, np.int64), np.zeros((k, dim), np.float64), 0.0, 0)
+    columns: dict
+    rows: Optional[np.ndarray] = None
 
-    def __add__(self, other: "LevelStats") -> "LevelStats":
-        return LevelStats(self.counts + other.counts, self.sums + other.sums, self.sse + other.sse,
-                          self.rows + other.rows)
 
-    def to_bytes(self) -> bytes:
-        """Sparse over codes: only the sums of codes with rows travel (a slot of m rows sends at most m of the
-        K rows of sums: at K = 8,192 and many slots the dense blobs would dwarf the mini-batch itself)."""
-        buf = io.BytesIO()
-        live = np.flatnonzero(self.counts)
-        np.savez(buf, counts=self.counts, live=live, sums=self.sums[live], sse=np.array([self.sse]),
-                 rows=np.array([self.rows]), dim=np.array([self.sums.shape[1]]))
-        return buf.getvalue()
-
-    @staticmethod
-    def from_bytes(blob: bytes) -> "LevelStats":
-        z = np.load(io.BytesIO(blob))
-        counts = z["counts"]
-        sums = np.zeros((len(counts), int(z["dim"][0])), np.float64)
-        sums[z["live"]] = z["sums"]
-        return LevelStats(counts, sums, float(z["sse"][0]), int(z["rows"][0]))
+def task_setup(device: str = "auto", setup: Optional[Callable] = None):
+    """Inside a task: (device, setup(device) or None) after one-thread, deterministic torch set-up."""
+    configure_torch_for_task()
+    dev = task_device(device)
+    return dev, (setup(dev) if setup is not None else None)
 
 
 def zero_copy_tensor(x: np.ndarray) -> torch.Tensor:
@@ -78,152 +62,180 @@ def zero_copy_tensor(x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(x)
 
 
-def _batch_matrices(batches: Iterator[pa.RecordBatch], dim: int, dev: torch.device):
-    for batch in batches:
-        if batch.num_rows == 0:
-            continue
-        x = arrow_matrix(batch.column(batch.schema.get_field_index(VEC)), dim)
-        yield batch, zero_copy_tensor(x).to(dev)
+def batch_matrix(batch: pa.RecordBatch, dim: int, dev: torch.device, keep: Optional[np.ndarray] = None,
+                 vec_col: str = VEC) -> torch.Tensor:
+    """The batch's vector column as an (n, dim) float32 tensor on `dev` (only the rows where `keep` is True)."""
+    vec = batch.column(batch.schema.get_field_index(vec_col))
+    if keep is not None and not keep.all():
+        vec = vec.filter(pa.array(keep))
+    if len(vec) == 0:
+        return torch.empty((0, dim), dtype=torch.float32, device=dev)
+    return zero_copy_tensor(arrow_matrix(vec, dim)).to(dev)
 
 
-def level_stats(rows: DataFrame, state: QuantizerState, level_codebook: np.ndarray,
-                level_prices: Optional[np.ndarray], dim: int) -> LevelStats:
-    """One pass over `rows` (column _vec): residuals through the frozen levels of `state`, assignment of the
-    residual to `level_codebook`, and per-code counts and sums combined by a tree reduction."""
-    k = level_codebook.shape[0]
-
-    def partition(batches):
-        dev, stats_of = _task_stats(state, level_codebook, level_prices)
-        acc = LevelStats.zeros(k, dim)
-        for _, x in _batch_matrices(batches, dim, dev):
-            acc = acc + stats_of(x)
-        yield pa.RecordBatch.from_arrays([pa.array([acc.to_bytes()], pa.binary())], ["stats"])
-
-    blobs = rows.select(VEC).mapInArrow(partition, T.StructType([T.StructField("stats", T.BinaryType())]))
-    return combine_stats(blobs, LevelStats.zeros(k, dim))
+def sid_array(codes, mask: Optional[np.ndarray] = None) -> pa.Array:
+    """(n, T) int codes -> Arrow list<int32> from one values buffer. With `mask` (True = null), codes holds only
+    the unmasked rows, in order, and the masked rows are nulls."""
+    codes = _numpy(codes)
+    width = codes.shape[1] if codes.ndim == 2 else 0
+    values = pa.array(codes.astype(np.int32, copy=False).reshape(-1), pa.int32())
+    if mask is None:
+        offsets = np.arange(0, (len(codes) + 1) * width, width, dtype=np.int32)
+        return pa.ListArray.from_arrays(pa.array(offsets), values)
+    offsets = np.zeros(len(mask) + 1, np.int32)
+    np.cumsum(np.where(mask, 0, width), out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(mask))
 
 
-def _task_stats(state: QuantizerState, level_codebook: np.ndarray, level_prices: Optional[np.ndarray]):
-    """Inside a task: (device, x -> LevelStats of x) with the frozen levels and the level's codebook on the device."""
-    configure_torch_for_task()
-    dev = task_device(state.device)
-    cbs, prs = state.tensors(dev)
-    cb = km.as_tensor(level_codebook, dev)
-    pr = None if level_prices is None else km.as_tensor(level_prices, dev)
-    return dev, lambda x: matrix_stats(x.to(dev), cbs, prs, cb, pr, state.block_rows)
+def code_matrix(arr, width: int) -> np.ndarray:
+    """The inverse of sid_array: an Arrow list<int> column whose rows all have `width` codes -> (n, width) int64."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    return arr.flatten().to_numpy(zero_copy_only=False).astype(np.int64).reshape(-1, width)
 
 
-def matrix_stats(x: torch.Tensor, cbs, prs, cb: torch.Tensor, pr: Optional[torch.Tensor],
-                 block_rows: int) -> LevelStats:
-    """Residuals of x through the frozen levels (cbs, prs), their nearest codes in cb (+ prices pr), and the
-    per-code counts, float64 sums and squared error."""
-    k = cb.shape[0]
-    counts = torch.zeros(k, dtype=torch.int64, device=x.device)
-    sums = torch.zeros((k, x.shape[1]), dtype=torch.float64, device=x.device)
-    sse = 0.0
-    # block_rows rows at a time, so that the temporaries stay within km.task_memory_bytes whatever the slot's size;
-    # the kernels block by block_rows anyway, so every row's code is the one a single call would give.
-    for start in range(0, x.shape[0], block_rows):
-        xc = x[start:start + block_rows]
-        _, r = km.residual_encode(xc, cbs, prs, block_rows)
-        codes = km.nearest(r, cb, pr, block_rows)
-        counts += torch.bincount(codes, minlength=k)
-        sums.index_add_(0, codes, r.to(torch.float64))
-        sse += float(((r - cb[codes]) ** 2).sum(dtype=torch.float64))
-    return LevelStats(counts.cpu().numpy(), sums.cpu().numpy(), sse, x.shape[0])
+def _numpy(a) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        return a.detach().cpu().numpy()
+    return np.asarray(a)
 
 
-def batch_stats(batched, batch: int, state: QuantizerState, level_codebook: np.ndarray,
-                level_prices: Optional[np.ndarray], dim: int) -> LevelStats:
-    """level_stats over one mini-batch of a BatchedSample: a job on that batch's cached partitions only."""
-    k = level_codebook.shape[0]
-
-    def partition(arrays):
-        _, stats_of = _task_stats(state, level_codebook, level_prices)
-        acc = LevelStats.zeros(k, dim)
-        for x in arrays:
-            if len(x):
-                acc = acc + stats_of(torch.from_numpy(x))
-        yield acc.to_bytes()
-
-    def add(a: bytes, b: bytes) -> bytes:
-        return (LevelStats.from_bytes(a) + LevelStats.from_bytes(b)).to_bytes()
-
-    # Summed on the executors, in slot order: one K x d blob reaches the driver whatever `slots` is. The fan-in
-    # keeps a combining task within ~1 GiB of blobs (8 K d bytes each).
-    fanout = int(max(2, min(64, (1 << 30) // max(1, 8 * k * (dim + 1)))))
-    blob = batched.reduce(batch, partition, add, fanout)
-    return LevelStats.zeros(k, dim) if blob is None else LevelStats.from_bytes(blob)
+_SCALARS = {T.IntegerType: (np.int32, pa.int32()), T.LongType: (np.int64, pa.int64()),
+            T.DoubleType: (np.float64, pa.float64()), T.FloatType: (np.float32, pa.float32()),
+            T.ByteType: (np.int8, pa.int8()), T.ShortType: (np.int16, pa.int16()), T.BooleanType: (bool, pa.bool_())}
 
 
-def combine_stats(blobs: DataFrame, empty: LevelStats, tree_above: int = 32) -> LevelStats:
-    """Sum one K-sized blob per partition: collected directly for a few partitions, tree-reduced on the
-    executors beyond `tree_above` so the driver never holds more than a handful of K x d blocks."""
-    n_parts = blobs.rdd.getNumPartitions()
-    if n_parts == 0:
-        return empty
-    if n_parts <= tree_above:
-        total = empty
-        for row in blobs.collect():  # driver-ok: one K-sized blob per partition, <= tree_above of them
-            total = total + LevelStats.from_bytes(bytes(row[0]))
-        return total
-    return blobs.rdd.map(lambda r: LevelStats.from_bytes(bytes(r[0]))).treeReduce(lambda a, b: a + b, depth=2)
+def to_arrow(value, dtype: T.DataType, mask: Optional[np.ndarray] = None) -> pa.Array:
+    """A kernel's array -> the Arrow array of the output field's type (nulls where `mask`, which then covers the
+    whole batch while `value` covers only the unmasked rows)."""
+    if isinstance(value, (pa.Array, pa.ChunkedArray)):
+        return value
+    if isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, T.IntegerType):
+        return sid_array(value, mask)
+    if isinstance(dtype, T.BinaryType):
+        return pa.array(list(value), pa.binary())
+    if isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, T.DoubleType):
+        v = _numpy(value).astype(np.float64)
+        if mask is not None:
+            raise ValueError("masked list<double> outputs are not supported")
+        return pa.ListArray.from_arrays(pa.array(np.arange(0, (len(v) + 1) * v.shape[1], v.shape[1], dtype=np.int32)),
+                                        pa.array(v.reshape(-1)))
+    for t, (np_type, pa_type) in _SCALARS.items():
+        if isinstance(dtype, t):
+            v = _numpy(value).astype(np_type, copy=False)
+            if mask is None:
+                return pa.array(v, pa_type)
+            full = np.zeros(len(mask), np_type)
+            full[~mask] = v
+            return pa.array(full, pa_type, mask=mask)
+    raise TypeError(f"no Arrow conversion for output type {dtype.simpleString()}")
 
 
-def encode_rows(rows: DataFrame, id_col: str, sid_col: str, state: QuantizerState, dim: int,
-                extra: Optional[Callable] = None) -> DataFrame:
-    """(id, _vec) rows -> (id, sid array<int>) with greedy (price-adjusted) residual assignment at every level."""
-    id_field = rows.schema[id_col]
-    out_schema = T.StructType([id_field, T.StructField(sid_col, T.ArrayType(T.IntegerType(), False), False)])
-    n_levels = len(state.codebooks)
-
-    def partition(batches):
-        configure_torch_for_task()
-        dev = task_device(state.device)
-        cbs, prs = state.tensors(dev)
-        for batch, x in _batch_matrices(batches, dim, dev):
-            codes, _ = km.residual_encode(x, cbs, prs, state.block_rows, with_residual=False)
-            flat = codes.to(torch.int32).cpu().numpy().reshape(-1)
-            offsets = pa.array(np.arange(0, (x.shape[0] + 1) * n_levels, n_levels, dtype=np.int32))
-            sid = pa.ListArray.from_arrays(offsets, pa.array(flat, pa.int32()))
-            yield pa.RecordBatch.from_arrays([batch.column(batch.schema.get_field_index(id_col)), sid],
-                                             names=[id_col, sid_col])
-
-    return rows.select(id_col, VEC).mapInArrow(partition, out_schema)
+def _assemble(batch: Optional[pa.RecordBatch], schema: T.StructType, out, mask: Optional[np.ndarray]) -> pa.RecordBatch:
+    block = out if isinstance(out, Block) else Block(out)
+    take = None if block.rows is None else pa.array(np.asarray(block.rows, np.int64))
+    names = batch.schema.names if batch is not None else []
+    cols = []
+    for f in schema.fields:
+        if f.name in block.columns:
+            cols.append(to_arrow(block.columns[f.name], f.dataType, mask if take is None else None))
+        else:
+            col = batch.column(names.index(f.name))
+            cols.append(col if take is None else col.take(take))
+    return pa.RecordBatch.from_arrays(cols, names=schema.names)
 
 
-def encode_checked_rows(rows: DataFrame, id_col: str, sid_col: str, reason_col: str, state: QuantizerState,
-                        dim: int) -> DataFrame:
-    """Rows (id, _vec, reason, ...) -> (id, sid, reason, ...): rows with a null reason get their greedy SID, the
-    others a null SID; every column but _vec passes through. A rejected row's _vec must be null (or of length
-    `dim`): only the valid rows' values are handed to the kernel, zero-copy when a batch has no rejects."""
-    fields = [rows.schema[id_col], T.StructField(sid_col, T.ArrayType(T.IntegerType(), False), True)]
-    fields += [f for f in rows.schema if f.name not in (id_col, VEC)]
-    n_levels = len(state.codebooks)
+def map_blocks(rows: DataFrame, schema: T.StructType, kernel: Callable, *, dim: int,
+               setup: Optional[Callable] = None, device: str = "auto", reason_col: Optional[str] = None,
+               finish: Optional[Callable] = None, vec_col: str = VEC) -> DataFrame:
+    """`kernel(ctx, x, batch)` on every non-empty Arrow batch of `rows`; its outputs and the pass-through columns
+    of `schema` (taken from the batch by name) make the output rows.
 
-    def partition(batches):
-        configure_torch_for_task()
-        dev = task_device(state.device)
-        cbs, prs = state.tensors(dev)
+    reason_col: rows whose reason is not null are rejects. Their vectors are not handed to the kernel (which sees
+    only the valid rows, zero-copy when a batch has no rejects) and their output columns are null.
+    finish: `finish(ctx)` after the last batch may return the partition's last output rows (every column of
+    `schema` from the kernel, none passed through), for kernels that fold the partition (a running top-k)."""
+
+    def partition(batches: Iterator[pa.RecordBatch]):
+        dev, ctx = task_setup(device, setup)
         for batch in batches:
             if batch.num_rows == 0:
                 continue
-            names = batch.schema.names
-            ok = batch.column(names.index(reason_col)).is_null().to_numpy(zero_copy_only=False)
-            vec = batch.column(names.index(VEC))
-            if not ok.all():
-                vec = vec.filter(pa.array(ok))
-            codes = np.empty((0, n_levels), np.int32)
-            if len(vec):
-                x = zero_copy_tensor(arrow_matrix(vec, dim)).to(dev)
-                codes = km.residual_encode(x, cbs, prs, state.block_rows, with_residual=False)[0]
-                codes = codes.to(torch.int32).cpu().numpy()
-            offsets = np.zeros(batch.num_rows + 1, np.int32)
-            np.cumsum(np.where(ok, n_levels, 0), out=offsets[1:])
-            sid = pa.ListArray.from_arrays(pa.array(offsets), pa.array(codes.reshape(-1), pa.int32()),
-                                           mask=pa.array(~ok))
-            cols = [batch.column(names.index(id_col)), sid]
-            cols += [batch.column(names.index(f.name)) for f in fields[2:]]
-            yield pa.RecordBatch.from_arrays(cols, names=[f.name for f in fields])
+            mask = None
+            if reason_col is not None:
+                ok = batch.column(batch.schema.get_field_index(reason_col)).is_null().to_numpy(zero_copy_only=False)
+                mask = None if ok.all() else ~ok
+            x = batch_matrix(batch, dim, dev, None if mask is None else ~mask, vec_col)
+            out = kernel(ctx, x, batch) if len(x) else _empty_outputs(schema, batch, x)
+            if out is not None:
+                yield _assemble(batch, schema, out, mask)
+        if finish is not None:
+            out = finish(ctx)
+            if out is not None:
+                yield _assemble(None, schema, out, None)
 
-    return rows.mapInArrow(partition, T.StructType(fields))
+    return rows.mapInArrow(partition, schema)
+
+
+def _empty_outputs(schema, batch, x) -> dict:
+    """Every row of the batch was rejected: the kernel has nothing to do; outputs are all null."""
+    return {f.name: np.zeros((0, 0), np.int32) if isinstance(f.dataType, T.ArrayType) else np.zeros(0)
+            for f in schema.fields if f.name not in batch.schema.names}
+
+
+_BLOB = T.StructType([T.StructField("blob", T.BinaryType())])
+
+
+def aggregate_blocks(rows: DataFrame, kernel: Callable, zero: Callable, *, dim: int,
+                     setup: Optional[Callable] = None, device: str = "auto", finish: Optional[Callable] = None,
+                     tree_above: int = 32, vec_col: str = VEC):
+    """Fold `kernel(ctx, x, batch) -> accumulator` over every non-empty batch of `rows`, one accumulator per
+    partition (`zero()` to start; `finish(ctx, acc)` may turn it into another before it travels), summed: the
+    driver receives one, whatever the partition count (tree-combined on the executors beyond `tree_above`)."""
+
+    def partition(batches: Iterator[pa.RecordBatch]):
+        dev, ctx = task_setup(device, setup)
+        acc = zero()
+        for batch in batches:
+            if batch.num_rows:
+                acc = acc + kernel(ctx, batch_matrix(batch, dim, dev, vec_col=vec_col), batch)
+        if finish is not None:
+            acc = finish(ctx, acc)
+        yield pa.RecordBatch.from_arrays([pa.array([acc.to_bytes()], pa.binary())], ["blob"])
+
+    blobs = rows.mapInArrow(partition, _BLOB)
+    kind = type(zero())
+    return combine_blobs(blobs, kind, zero, tree_above)
+
+
+def combine_blobs(blobs: DataFrame, kind, zero: Callable, tree_above: int = 32):
+    """Sum one accumulator blob per partition: collected directly for a few partitions, tree-reduced on the
+    executors beyond `tree_above` so the driver never holds more than a handful of K-sized results."""
+    n_parts = blobs.rdd.getNumPartitions()
+    if n_parts == 0:
+        return zero()
+    if n_parts <= tree_above:
+        total = zero()
+        for row in blobs.collect():  # driver-ok: one K-sized blob per partition, <= tree_above of them
+            total = total + kind.from_bytes(bytes(row[0]))
+        return total
+    return blobs.rdd.map(lambda r: kind.from_bytes(bytes(r[0]))).treeReduce(lambda a, b: a + b, depth=2)
+
+
+class Totals:
+    """A float64 vector accumulator for aggregate_blocks (sums of errors, norms, ...)."""
+
+    def __init__(self, values):
+        self.values = np.asarray(values, np.float64)
+
+    def __add__(self, other: "Totals") -> "Totals":
+        return Totals(self.values + other.values)
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        np.save(buf, self.values)
+        return buf.getvalue()
+
+    @staticmethod
+    def from_bytes(blob: bytes) -> "Totals":
+        return Totals(np.load(io.BytesIO(blob)))

@@ -13,9 +13,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ..errors import InputError
-from .dedup import FP
+from .sid_table import FP
 from .prepare import FILE, VEC, check_structure, duplicate_rejects, row_reason
-from .runner import encode_checked_rows
+from .encode import Quantizer, encode_valid
 from .vectors import float_array_column
 
 REASON = "reason"
@@ -23,7 +23,7 @@ LEN = "_len"
 ENCODED = "_encoded"
 
 
-def write_greedy(spark: SparkSession, model, df: DataFrame, staging: str, rejects: str, fingerprints: str) -> tuple:
+def write_greedy(spark: SparkSession, model: Quantizer, df: DataFrame, staging: str, rejects: str, fingerprints: str) -> tuple:
     """Write the SIDs (into `staging`, appended beside nothing but hidden folders), the rejects and the fingerprints
     of `df`; returns (items read, SIDs written, rejects written). Structural errors (empty input, files of different
     dimensions) raise InputError once the pass is done; the caller's staging directory then never becomes output."""
@@ -37,7 +37,7 @@ def write_greedy(spark: SparkSession, model, df: DataFrame, staging: str, reject
                .select(id_col, F.when(F.col(REASON).isNull(), F.col(VEC)).alias(VEC), REASON,
                        F.xxhash64(VEC).alias(FP), F.size(VEC).alias(LEN), FILE))
     encoded_path = f"{staging}/{ENCODED}"
-    encode_checked_rows(checked, id_col, cfg.sid_col, REASON, model.state(), model.dim).write.parquet(encoded_path)
+    encode_valid(checked, model, reason_col=REASON).write.parquet(encoded_path)
     encoded = spark.read.parquet(encoded_path)
     n_read, _ = check_structure(encoded, F.col(LEN))
 

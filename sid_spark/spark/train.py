@@ -16,7 +16,7 @@ from ..kernels import kmeans as km
 from ..kernels.balance import DualPrices, SinkhornBalancer
 from .prepare import HASH, VEC, Prepared
 from .batches import BatchedSample, batched_sample
-from .runner import QuantizerState, batch_stats
+from .quantize import QuantizerState, batch_stats
 
 log = logging.getLogger("sid_spark.train")
 
