@@ -1,7 +1,7 @@
 """Generative retrieval on Amazon Beauty (../shared/data/beauty): SID tables from the existing CLI, then
 `sid-spark retrieval` on all of them in one run (same leave-one-out split, same model budget), printing the table.
 
-    python benchmarks/retrieval_beauty.py [--out /tmp/retrieval_beauty] [--epochs 2] [--max-examples 60000]
+    python benchmarks/retrieval_beauty.py [--out /tmp/retrieval_beauty] [--epochs N] [--max-examples N]
                                           [--preset small] [--tables rkmeans,rkmeans_balanced,rqvae]
 
 Tables (3 levels x 256 codes each): residual k-means unbalanced (balance=none) and balanced (the default exact),
@@ -56,8 +56,8 @@ def main():
     ap.add_argument("--out", default="/tmp/retrieval_beauty")
     ap.add_argument("--tables", default="rkmeans,rkmeans_balanced,rqvae")
     ap.add_argument("--preset", default="small")
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--max-examples", type=int, default=60_000)
+    ap.add_argument("--epochs", type=int, default=None, help="default: the preset's")
+    ap.add_argument("--max-examples", type=int, default=None, help="default: the preset's (every example)")
     ap.add_argument("--torch-threads", type=int, default=1)
     ap.add_argument("--master", default="local[2]")
     ap.add_argument("--run-name", default="retrieval", help="output folder of the retrieval run under --out")
@@ -69,7 +69,8 @@ def main():
     names = [n.strip() for n in a.tables.split(",") if n.strip()]
     log = f"{a.out}/log.txt"
     print("SID tables built in (s):", build_tables(a.out, names, a.master, log), flush=True)
-    sets = [f"preset={a.preset}", f"epochs={a.epochs}", f"max_examples={a.max_examples}",
+    sets = [f"preset={a.preset}", *([f"epochs={a.epochs}"] if a.epochs else []),
+            *([f"max_examples={a.max_examples}"] if a.max_examples else []),
             f"torch_threads={a.torch_threads}", *a.extra]
     secs = run(["retrieval", "--sids", ",".join(f"{n}={a.out}/{n}" for n in names),
                 "--interactions", os.path.join(DATA, "sequences.parquet"),
