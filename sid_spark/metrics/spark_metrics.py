@@ -302,11 +302,11 @@ def _topk_pass(catalog: DataFrame, sid_col: str, dim: int, levels: int, q_vec, q
 
     def kernel(search, x, b):
         codes = code_matrix(b.column(2), levels)
-        search.add(normalise(x.cpu().numpy()), b.column(0).to_numpy(), b.column(3).to_numpy(), codes)
+        search.add(normalise(x.numpy()), b.column(0).to_numpy(), b.column(3).to_numpy(), codes)
 
     def finish(search):
         r, qq, item, key = search.result()
         return {"ranking": r, "q": qq, "item": item, "key": key}
 
     return map_blocks(catalog.select("id", VEC, sid_col, HASH), schema, kernel, dim=dim, setup=setup,
-                      device=device, finish=finish)
+                      device=device, finish=finish, on_device=False)  # NeighbourSearch moves its own blocks

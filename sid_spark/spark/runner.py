@@ -147,14 +147,15 @@ def _assemble(batch: Optional[pa.RecordBatch], schema: T.StructType, out, mask: 
 
 def map_blocks(rows: DataFrame, schema: T.StructType, kernel: Callable, *, dim: int,
                setup: Optional[Callable] = None, device: str = "auto", reason_col: Optional[str] = None,
-               finish: Optional[Callable] = None, vec_col: str = VEC) -> DataFrame:
+               finish: Optional[Callable] = None, vec_col: str = VEC, on_device: bool = True) -> DataFrame:
     """`kernel(ctx, x, batch)` on every non-empty Arrow batch of `rows`; its outputs and the pass-through columns
     of `schema` (taken from the batch by name) make the output rows.
 
     reason_col: rows whose reason is not null are rejects. Their vectors are not handed to the kernel (which sees
     only the valid rows, zero-copy when a batch has no rejects) and their output columns are null.
     finish: `finish(ctx)` after the last batch may return the partition's last output rows (every column of
-    `schema` from the kernel, none passed through), for kernels that fold the partition (a running top-k)."""
+    `schema` from the kernel, none passed through), for kernels that fold the partition (a running top-k).
+    on_device=False: x stays on the CPU (for kernels that move their own blocks), setup still gets the device."""
 
     def partition(batches: Iterator[pa.RecordBatch]):
         dev, ctx = task_setup(device, setup)
@@ -165,7 +166,8 @@ def map_blocks(rows: DataFrame, schema: T.StructType, kernel: Callable, *, dim: 
             if reason_col is not None:
                 ok = batch.column(batch.schema.get_field_index(reason_col)).is_null().to_numpy(zero_copy_only=False)
                 mask = None if ok.all() else ~ok
-            x = batch_matrix(batch, dim, dev, None if mask is None else ~mask, vec_col)
+            x = batch_matrix(batch, dim, dev if on_device else torch.device("cpu"), None if mask is None else ~mask,
+                             vec_col)
             out = kernel(ctx, x, batch) if len(x) else _empty_outputs(schema, batch, x)
             if out is not None:
                 yield _assemble(batch, schema, out, mask)
