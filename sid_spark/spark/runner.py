@@ -168,7 +168,7 @@ def map_blocks(rows: DataFrame, schema: T.StructType, kernel: Callable, *, dim: 
                 mask = None if ok.all() else ~ok
             x = batch_matrix(batch, dim, dev if on_device else torch.device("cpu"), None if mask is None else ~mask,
                              vec_col)
-            out = kernel(ctx, x, batch) if len(x) else _empty_outputs(schema, batch, x)
+            out = kernel(ctx, x, batch) if len(x) else _empty_outputs(schema, batch)
             if out is not None:
                 yield _assemble(batch, schema, out, mask)
         if finish is not None:
@@ -179,7 +179,7 @@ def map_blocks(rows: DataFrame, schema: T.StructType, kernel: Callable, *, dim: 
     return rows.mapInArrow(partition, schema)
 
 
-def _empty_outputs(schema, batch, x) -> dict:
+def _empty_outputs(schema, batch) -> dict:
     """Every row of the batch was rejected: the kernel has nothing to do; outputs are all null."""
     return {f.name: np.zeros((0, 0), np.int32) if isinstance(f.dataType, T.ArrayType) else np.zeros(0)
             for f in schema.fields if f.name not in batch.schema.names}
