@@ -61,9 +61,9 @@ def shipped(tmp_path_factory) -> Path:
     return Path(shutil.copy(build_wheel(d), d / "sid_spark.zip"))
 
 
-def committed_tasks(parent: Path, name: str) -> int:
-    """Write tasks of the SID table already committed into its (hidden) staging directory."""
-    return sum(1 for _ in parent.glob(f".{name}.staging-*/_temporary/0/task_*"))
+def committed_tasks(parent: Path, name: str, part: str = "") -> int:
+    """Write tasks already committed into `name`'s (hidden) staging directory, or into its sub-folder `part`."""
+    return sum(1 for _ in parent.glob(f".{name}.staging-*/{part}_temporary/0/task_*"))
 
 
 def checkpointed_rdds(parent: Path, name: str) -> int:
@@ -109,15 +109,20 @@ def submit_and_kill_worker(cluster, args, ready, name: str, at_kill=None):
 def test_encode_survives_a_lost_worker_with_the_clean_sids(spark, spark_cluster, shipped, catalog, model_path,
                                                             tmp_path):
     out = tmp_path / "sids"
+    # The kill comes inside the one pass that reads and encodes the vectors (single_pass.write_greedy writes it to
+    # the staging folder's _encoded/): one task per input file (a 1 MB split limit keeps Spark from packing the
+    # small files together), so after the first commit FILES - 1 tasks are still to run on two 1-core workers.
+    # (The later writes of the small SID table are a task or two each: too brief a window to aim at.)
+    encoded = "_encoded/"
 
     def not_too_late():
-        assert committed_tasks(tmp_path, "sids") < 32, "every write task had committed: the kill came too late"
+        assert committed_tasks(tmp_path, "sids", encoded) < FILES, "every encode task had committed: too late"
 
     submit_and_kill_worker(
-        spark_cluster, [str(shipped), "--conf", "spark.sql.shuffle.partitions=32", str(ROOT / "jobs" / "encode.py"),
-                        "--config", "conf/encode.yaml", "--input", str(catalog), "--model", str(model_path),
-                        "--output", str(out)],
-        lambda: committed_tasks(tmp_path, "sids") > 0, "encode-lost-worker", at_kill=not_too_late)
+        spark_cluster, [str(shipped), "--conf", "spark.sql.files.maxPartitionBytes=1m",
+                        str(ROOT / "jobs" / "encode.py"), "--config", "conf/encode.yaml", "--input", str(catalog),
+                        "--model", str(model_path), "--output", str(out)],
+        lambda: committed_tasks(tmp_path, "sids", encoded) > 0, "encode-lost-worker", at_kill=not_too_late)
     manifest = json.loads((out / "_manifest.json").read_text())
     assert (manifest["items_read"], manifest["items_encoded"], manifest["items_rejected"]) == (N, N, 0)
 
