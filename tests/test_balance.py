@@ -75,6 +75,57 @@ def test_sinkhorn_prices_balance_the_sample():
     assert eps > 0
 
 
+
+def log_domain_sinkhorn(d, caps, schedule, sweeps):
+    """The textbook log-domain iteration (float64), the reference for the stabilised one."""
+    d = d.double()
+    g = torch.zeros(d.shape[1], dtype=torch.float64)
+    logb = torch.log(caps.double())
+    for eps in schedule:
+        for _ in range(sweeps):
+            f = -eps * torch.logsumexp((g.unsqueeze(0) - d) / eps, 1)
+            g = eps * logb - eps * torch.logsumexp((f.unsqueeze(1) - d) / eps, 0)
+    return (-g - (-g).mean()).numpy()
+
+
+def test_stabilised_sinkhorn_gives_the_log_domain_prices():
+    x = torch.from_numpy(skewed(600, 6, seed=2))
+    d = km.distances(x, km.kmeans_pp(x, 12, np.random.default_rng(2)))
+    caps = torch.full((12,), 50.0)
+    got, eps = bal.sinkhorn_prices(d, caps, 10, coarse=True)
+    want = log_domain_sinkhorn(d, caps, bal.eps_schedule(float(d.double().mean()), 7, 0.25), 10)
+    assert eps == pytest.approx(float(d.double().mean()) / 4 ** 7, rel=1e-5)
+    np.testing.assert_allclose(got, want, atol=1e-4 * float(d.mean()))
+
+
+def test_executor_prices_balance_every_slot_of_a_training_batch(spark):
+    """Balanced training statistics: each slot of the cached mini-batch solves its own prices and assigns under them
+    (counts near N/K where the greedy assignment piles onto a few codes); the driver gets their row-weighted mean."""
+    from sid_spark.spark.batches import batched_sample
+    from sid_spark.spark.quantize import QuantizerState, SlotPricing, batch_stats, price_rows
+
+    n, k = 1600, 16
+    x = skewed(n, 8, seed=4)
+    pdf = __import__("pandas").DataFrame({"_vec": list(x), "_u": (np.arange(n) + 0.5) / n})
+    batched = batched_sample(spark.createDataFrame(pdf).repartition(3), "_u", n, n, 8)
+    try:
+        state = QuantizerState((), ())
+        cb = km.kmeans_pp(torch.from_numpy(x), k, np.random.default_rng(0)).numpy()
+        greedy = batch_stats(batched, 0, state, cb, None, 8)
+        priced = batch_stats(batched, 0, state, cb, None, 8, SlotPricing(final=True))
+    finally:
+        batched.unpersist()
+    assert greedy.price_sum is None and greedy.prices is None
+    assert greedy.counts.max() > 3 * n / k  # the blob takes most of the codes' rows without prices
+    assert priced.counts.sum() == n and priced.rows == n
+    assert priced.counts.max() <= 1.1 * n / k and priced.counts.min() >= 0.9 * n / k
+    assert priced.price_rows == n and price_rows(k, n) == n  # every row priced at this size
+    assert priced.prices.shape == (k,) and priced.prices.dtype == np.float32
+    assert abs(float(priced.prices.mean())) < 1e-3 * float(np.abs(priced.prices).max())
+    # the bound on a slot's Sinkhorn matrices: 2^24 entries each, whatever K, d and the slot's size
+    assert (price_rows(8192, 10 ** 6, 256), price_rows(16384, 10 ** 6, 64), price_rows(256, 10 ** 6, 4096)) == \
+        (2048, 1024, 4096)
+
 @pytest.fixture(scope="module")
 def catalog(spark):
     x = numpy_catalog(1003, 8, seed=2, components=30)  # 1003 = 62*16 + 11: not divisible by K

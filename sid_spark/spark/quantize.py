@@ -39,22 +39,38 @@ class LevelStats:
     sums: np.ndarray  # (K, d) float64
     sse: float  # sum of squared distances to the assigned centre (no prices)
     rows: int
+    price_sum: Optional[np.ndarray] = None  # (K,) float64: sum over slots of (slot's price rows) * (its prices)
+    price_rows: int = 0
 
     @staticmethod
     def zeros(k: int, dim: int) -> "LevelStats":
         return LevelStats(np.zeros(k, np.int64), np.zeros((k, dim), np.float64), 0.0, 0)
 
     def __add__(self, other: "LevelStats") -> "LevelStats":
+        if self.price_sum is None or other.price_sum is None:
+            price_sum = self.price_sum if other.price_sum is None else other.price_sum
+        else:
+            price_sum = self.price_sum + other.price_sum
         return LevelStats(self.counts + other.counts, self.sums + other.sums, self.sse + other.sse,
-                          self.rows + other.rows)
+                          self.rows + other.rows, price_sum, self.price_rows + other.price_rows)
+
+    @property
+    def prices(self) -> Optional[np.ndarray]:
+        """The slots' prices averaged by their rows (float32, centred), or None without solved prices."""
+        if self.price_sum is None or self.price_rows == 0:
+            return None
+        p = self.price_sum / self.price_rows
+        return (p - p.mean()).astype(np.float32)
 
     def to_bytes(self) -> bytes:
         """Sparse over codes: only the sums of codes with rows travel (a slot of m rows sends at most m of the
         K rows of sums: at K = 8,192 and many slots the dense blobs would dwarf the mini-batch itself)."""
         buf = io.BytesIO()
         live = np.flatnonzero(self.counts)
+        extra = {} if self.price_sum is None else {"price_sum": self.price_sum}
         np.savez(buf, counts=self.counts, live=live, sums=self.sums[live], sse=np.array([self.sse]),
-                 rows=np.array([self.rows]), dim=np.array([self.sums.shape[1]]))
+                 rows=np.array([self.rows]), dim=np.array([self.sums.shape[1]]),
+                 price_rows=np.array([self.price_rows]), **extra)
         return buf.getvalue()
 
     @staticmethod
@@ -63,7 +79,39 @@ class LevelStats:
         counts = z["counts"]
         sums = np.zeros((len(counts), int(z["dim"][0])), np.float64)
         sums[z["live"]] = z["sums"]
-        return LevelStats(counts, sums, float(z["sse"][0]), int(z["rows"][0]))
+        return LevelStats(counts, sums, float(z["sse"][0]), int(z["rows"][0]),
+                          z["price_sum"] if "price_sum" in z.files else None, int(z["price_rows"][0]))
+
+
+# Entries of one slot's Sinkhorn matrices (float32): at most 2^24 each, so a balanced level's pricing holds at most
+# 3 x 64 MiB (the priced rows' residuals, their distances and the Sinkhorn kernel) whatever K, d and the slot's size.
+SLOT_PRICE_ENTRIES = 1 << 24
+def price_rows(k: int, rows: int, dim: int = 1) -> int:
+    """Rows of a slot the Sinkhorn solve uses: all of them up to SLOT_PRICE_ENTRIES / max(K, d) (65,536 at K = 256,
+    d <= 256; 2,048 at K = 8,192); the slot's first rows in hash order, so a sample of it."""
+    return int(max(1, min(rows, SLOT_PRICE_ENTRIES // max(k, dim))))
+
+
+@dataclass(frozen=True)
+class SlotPricing:
+    """Prices solved on the executors, inside a balanced level's statistics job (no extra pass, nothing m x K on
+    the driver): every slot of the mini-batch runs log-domain Sinkhorn (kernels.balance.sinkhorn_prices) on the
+    distances of its own rows (at most `price_rows`) to the current centres, towards equal code sizes, assigns
+    all its rows under those prices -- so each centre moves to the mean of a balanced cluster -- and sends the
+    prices weighted by its rows with its counts and sums. The driver's prices are their K-sized average.
+
+    Inside the loop the coarse schedule (7 epsilons, 4x apart, 20 sweeps each); `final` runs the fine one
+    (14 halvings, 20 sweeps each), for the prices stored in the model."""
+
+    final: bool = False
+
+    def solve(self, r: torch.Tensor, cb: torch.Tensor, block_rows: int) -> np.ndarray:
+        from ..kernels.balance import sinkhorn_prices
+
+        k = cb.shape[0]
+        dist = km.distances(r, cb, block_rows=block_rows)
+        caps = torch.full((k,), r.shape[0] / k, dtype=torch.float32, device=r.device)
+        return sinkhorn_prices(dist, caps, 20, coarse=not self.final)[0]
 
 
 
@@ -113,18 +161,31 @@ def matrix_stats(x: torch.Tensor, cbs, prs, cb: torch.Tensor, pr: Optional[torch
 
 
 def batch_stats(batched, batch: int, state: QuantizerState, level_codebook: np.ndarray,
-                level_prices: Optional[np.ndarray], dim: int) -> LevelStats:
+                level_prices: Optional[np.ndarray], dim: int, pricing: Optional[SlotPricing] = None) -> LevelStats:
     """level_stats over one mini-batch of a BatchedSample (numpy blocks of its cached partitions, not Arrow
-    batches): a job on that batch's partitions only, summed on the executors."""
+    batches): a job on that batch's partitions only, summed on the executors. With `pricing` every slot solves
+    its own prices first and assigns under them (`level_prices` is then unused); the result carries their
+    average (`LevelStats.prices`)."""
     k = level_codebook.shape[0]
-    setup = _stats_setup(state, level_codebook, level_prices)
+    setup = _stats_setup(state, level_codebook, None if pricing is not None else level_prices)
 
     def partition(arrays):
-        _, (cbs, prs, cb, pr) = task_setup(state.device, setup)
+        dev, (cbs, prs, cb, pr) = task_setup(state.device, setup)
         acc = LevelStats.zeros(k, dim)
-        for x in arrays:
-            if len(x):
-                acc = acc + matrix_stats(torch.from_numpy(x), cbs, prs, cb, pr, state.block_rows)
+        for block in arrays:
+            if not len(block):
+                continue
+            x = torch.from_numpy(block)
+            if pricing is None:
+                acc = acc + matrix_stats(x, cbs, prs, cb, pr, state.block_rows)
+                continue
+            m = price_rows(k, len(x), dim)
+            _, r = km.residual_encode(x[:m].to(dev), cbs, prs, state.block_rows)
+            p = pricing.solve(r, cb, state.block_rows)
+            del r
+            st = matrix_stats(x, cbs, prs, cb, km.as_tensor(p, dev), state.block_rows)
+            st.price_sum, st.price_rows = m * p.astype(np.float64), m
+            acc = acc + st
         yield acc.to_bytes()
 
     def add(a: bytes, b: bytes) -> bytes:

@@ -13,10 +13,9 @@ from pyspark.sql import functions as F
 from ..config import TokenizerConfig
 from ..errors import InputError
 from ..kernels import kmeans as km
-from ..kernels.balance import DualPrices, SinkhornBalancer
 from .prepare import HASH, VEC, Prepared
 from .batches import BatchedSample, batched_sample
-from .quantize import QuantizerState, batch_stats
+from .quantize import QuantizerState, SlotPricing, batch_stats
 
 log = logging.getLogger("sid_spark.train")
 
@@ -110,41 +109,30 @@ def init_rows(batched: BatchedSample, m: int) -> np.ndarray:
     return batched.head(m)
 
 
-# Price-only passes after a balanced level's last centroid update, so its prices fit its final centres.
-PRICE_PASSES = 5
-
-
 def train_level(batched: BatchedSample, frozen: QuantizerState, init_x: np.ndarray, cfg: TokenizerConfig,
                 level: int, dim: int, balanced: bool = False):
     """Fit the codebook of `level` on residuals of the frozen levels.
 
-    A balanced level assigns by ``argmin ||r - c||^2 + p`` with prices updated by dual ascent from every pass's
-    counts (kernels.balance.DualPrices), so each centre is the mean of a (nearly) balanced cluster; PRICE_PASSES
-    price-only passes follow the last centroid update. Returns (codebook, prices, history)."""
+    A balanced level assigns by ``argmin ||r - c||^2 + p`` with prices every slot of the mini-batch solves for its
+    own rows inside the statistics job (quantize.SlotPricing: Sinkhorn on the executors), so each centre is the mean
+    of a balanced cluster; one more pass over the next mini-batch solves the final prices for the final centres. The driver holds K-sized prices only.
+    Returns (codebook, prices, history)."""
     k = cfg.codebook_size_for(level)
     rng = np.random.default_rng([cfg.seed, level])
     cbs = [torch.from_numpy(c) for c in frozen.codebooks]
     prs = [None if p is None else torch.from_numpy(p) for p in frozen.prices]
     _, init_r = km.residual_encode(torch.from_numpy(init_x), cbs, prs, frozen.block_rows)
     centroids = km.kmeans_pp(init_r, k, rng, trials=1 if k > LARGE_K else None)
+    del init_r
     n_batches = batched.n_batches
     seen = torch.zeros(k, dtype=torch.int64)
-    # Up to K = LARGE_K: the driver's Sinkhorn on the seeding sample before every pass (its (m, K) matrix is
-    # 0.4 GB at K = 1,024). Beyond: dual ascent on the passes' counts, K-sized -- but on Beauty (3 x 256,
-    # single-process mirror) it gave rel. error 0.676 against 0.250 unbalanced, so it is only the large-K
-    # fallback that keeps the driver bounded, not a replacement.
-    sinkhorn = SinkhornBalancer(init_r, frozen.block_rows) if balanced and k <= LARGE_K else None
-    balancer = DualPrices(k) if balanced and k > LARGE_K else None
-    if sinkhorn is None:
-        del init_r
     prices = None
     history = []
     for it in range(cfg.max_iter):
-        if sinkhorn is not None:
-            prices = sinkhorn.prices(centroids)
-        st = batch_stats(batched, it % n_batches, frozen, centroids.numpy(), prices, dim)
-        if balancer is not None:
-            prices = balancer.update(st.counts, st.rows, st.sse / max(st.rows, 1))
+        pricing = SlotPricing() if balanced else None
+        st = batch_stats(batched, it % n_batches, frozen, centroids.numpy(), prices, dim, pricing)
+        if balanced:
+            prices = st.prices
         counts = torch.from_numpy(st.counts)
         sums = torch.from_numpy(st.sums)
         if n_batches == 1:
@@ -163,12 +151,10 @@ def train_level(batched: BatchedSample, frozen: QuantizerState, init_x: np.ndarr
                  cfg.max_iter, st.rows, st.sse / max(st.rows, 1), shift, n_split)
         if shift < cfg.tol and n_split == 0 and (n_batches == 1 or it >= n_batches):
             break
-    if sinkhorn is not None:
-        prices = sinkhorn.prices(centroids, final=True)
-    if balancer is not None:
-        for extra in range(PRICE_PASSES):
-            st = batch_stats(batched, (it + 1 + extra) % n_batches, frozen, centroids.numpy(), prices, dim)
-            prices = balancer.update(st.counts, st.rows, st.sse / max(st.rows, 1))
+    if balanced:
+        st = batch_stats(batched, (it + 1) % n_batches, frozen, centroids.numpy(), None, dim,
+                         SlotPricing(final=True))
+        prices = st.prices
     return centroids.numpy(), prices, history
 
 
