@@ -119,12 +119,13 @@ def test_executor_prices_balance_every_slot_of_a_training_batch(spark):
     assert greedy.counts.max() > 3 * n / k  # the blob takes most of the codes' rows without prices
     assert priced.counts.sum() == n and priced.rows == n
     assert priced.counts.max() <= 1.1 * n / k and priced.counts.min() >= 0.9 * n / k
-    assert priced.price_rows == n and price_rows(k, n) == n  # every row priced at this size
+    # the final solve prices every row of its slot; inside the loop a slot prices at most 32 rows per code
+    assert priced.price_rows == n and price_rows(k, 800, 8) == 32 * k and price_rows(k, 800, 8, final=True) == 800
     assert priced.prices.shape == (k,) and priced.prices.dtype == np.float32
     assert abs(float(priced.prices.mean())) < 1e-3 * float(np.abs(priced.prices).max())
     # the bound on a slot's Sinkhorn matrices: 2^24 entries each, whatever K, d and the slot's size
-    assert (price_rows(8192, 10 ** 6, 256), price_rows(16384, 10 ** 6, 64), price_rows(256, 10 ** 6, 4096)) == \
-        (2048, 1024, 4096)
+    assert (price_rows(8192, 10 ** 6, 256), price_rows(16384, 10 ** 6, 64), price_rows(256, 10 ** 6, 4096),
+            price_rows(256, 10 ** 6, 128)) == (2048, 1024, 4096, 8192)
 
 @pytest.fixture(scope="module")
 def catalog(spark):
@@ -163,6 +164,37 @@ def test_balanced_sids_do_not_depend_on_partitioning(spark, balanced, catalog):
     other = model.encode(make_df(spark, x, partitions=8)).sids.orderBy("item_id")
     assert_df_equality(other, sids)
 
+
+
+def test_distributed_and_one_task_repair_place_the_same_items(spark, balanced, catalog, monkeypatch):
+    """The overflow is placed in one task once few enough remain (here from the start); with that turned off the
+    distributed rounds run instead. Same algorithm, same ranking: the same SIDs, exact sizes either way."""
+    from sid_spark.spark import balance as spark_balance
+    from sid_spark.spark.balance import encode_balanced
+    from sid_spark.spark.prepare import prepare
+
+    x, df = catalog
+    model, sids, stats = balanced
+    assert sum(stats["local_repair_items"]) > 0 and stats["repair_rounds"] == [0, 0, 0]
+    monkeypatch.setattr(spark_balance, "LOCAL_REPAIR_ENTRIES", 0)
+    dist_stats = {}
+    rounds_sids = encode_balanced(prepare(df, model.config, dim=model.dim).valid, model.quantizer(), dist_stats)
+    assert dist_stats["local_repair_items"] == [0, 0, 0] and max(dist_stats["repair_rounds"]) > 0
+    assert dist_stats["overflow"] == stats["overflow"]
+    assert_df_equality(rounds_sids.orderBy("item_id"), sids)
+
+
+def test_repair_fills_exactly_the_room_left():
+    rng = np.random.default_rng(3)
+    adj = torch.from_numpy(rng.random((40, 5)))
+    free = np.array([10, 0, 20, 5, 5])
+    for rounds in (64, 1, 0):  # 0: every row by the slot fallback, in tie order
+        codes, used = bal.repair(adj, rng.permutation(40), free, max_rounds=rounds)
+        assert np.bincount(codes, minlength=5).tolist() == free.tolist() and used <= rounds
+    codes, used = bal.repair(adj, np.arange(40), free)
+    first = adj.numpy().argmin(1)
+    # everyone whose first choice had room and was among the nearest applicants kept it: round 1 fills code 2
+    assert all(codes[i] == 2 for i in np.nonzero(first == 2)[0])
 
 def test_skewed_catalog_balanced_at_every_level(spark):
     x = skewed(800, 8, seed=3)

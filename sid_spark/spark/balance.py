@@ -29,6 +29,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ..kernels import balance as bal
+from ..progress import Progress, geometric_steps_left
 # Each level and repair round builds on the previous ones: without a cut the logical plan grows with every round
 # (its string alone exhausted the driver heap in a 3-level test). materialize: reliable inside a command.
 from ..storage import materialize
@@ -136,9 +137,20 @@ def balance_level(rows: DataFrame, id_col: str, lv: _Level, prices: Optional[np.
     n_over = int(np.clip(counts - caps, 0, None).sum())
     overflow = ranked.where(~F.col("_ok")).select(*base_cols)
     stats.setdefault("overflow", []).append(n_over)
-    log.info("level %d: %d of %d items overflow their first choice", lv.level + 1, n_over, n)
+    log.info("encode level %d (balanced): candidate pass and ranking done (%.0f s): %d of %d items overflow their "
+             "first choice; up to %d repair rounds follow", lv.level + 1, time.perf_counter() - started, n_over, n,
+             max_rounds if n_over else 0)
+    progress = Progress(log, f"encode level {lv.level + 1} (balanced): repair round", max_rounds, early_stop=True)
     rounds = 0
+    local = 0
     while n_over > 0 and rounds < max_rounds:
+        if n_over <= local_repair_rows(k, lv.dim):
+            # Few enough to place in one task: the same rounds (kernels.balance.repair), one job instead of many.
+            placed.append(local_repair(overflow, id_col, lv, prices, free, max_rounds - rounds, base_cols))
+            log.info("encode level %d (balanced): the %d items left go to one task (the rounds there, no more "
+                     "distributed rounds)", lv.level + 1, n_over)
+            local, n_over = n_over, 0
+            break
         rounds += 1
         applied = nearest_free_rows(overflow, lv, prices, free)
         by_choice = Window.partitionBy(CHOICE).orderBy(F.col(COST), F.col(HASH), F.col(id_col))
@@ -147,7 +159,7 @@ def balance_level(rows: DataFrame, id_col: str, lv: _Level, prices: Optional[np.
         ranked = materialize(ranked)
         # One job per round: the per-code acceptances (K rows) also tell how many items are still waiting.
         accepted_counts = np.zeros(k, np.int64)
-        n_over = 0
+        waiting, n_over = n_over, 0
         for row in ranked.groupBy(CHOICE).agg(F.sum(F.col("_ok").cast("long")).alias("a"),
                                               F.count(F.lit(1)).alias("n")).collect():  # driver-ok: K rows
             accepted_counts[row[0]] = row["a"]
@@ -155,7 +167,7 @@ def balance_level(rows: DataFrame, id_col: str, lv: _Level, prices: Optional[np.
         placed.append(ranked.where(F.col("_ok")).select(*base_cols, F.col(CHOICE).alias(CODE)))
         free = free - accepted_counts
         overflow = ranked.where(~F.col("_ok")).select(*base_cols)
-        log.info("level %d repair round %d: %d items still without room", lv.level + 1, rounds, n_over)
+        progress.step(rounds, f"{n_over} items still without room", geometric_steps_left(waiting, n_over))
     if n_over > 0:
         placed.append(slot_fallback(overflow, free, base_cols, id_col))
     # full passes over the level's rows: the candidate pass and the window shuffle by code (the repair rounds
@@ -163,12 +175,58 @@ def balance_level(rows: DataFrame, id_col: str, lv: _Level, prices: Optional[np.
     stats.setdefault("passes", []).append(2)
     stats.setdefault("repair_rounds", []).append(rounds)
     stats.setdefault("fallback_items", []).append(int(n_over))
+    stats.setdefault("local_repair_items", []).append(int(local))
     out = placed[0]
     for part in placed[1:]:
         out = out.unionByName(part)
     out = materialize(out.select(id_col, HASH, VEC, F.concat(CODES, F.array(F.col(CODE))).alias(CODES)))
     stats.setdefault("seconds", []).append(time.perf_counter() - started)
     return out
+
+
+# Overflow rows the repair places in one task once that few remain: their distances to every code (float64 with the
+# prices, plus a float32 copy) stay within ~3 x 2^24 x 8 bytes (400 MB): 65,536 rows at K = 256, 2,048 at K = 8,192.
+LOCAL_REPAIR_ENTRIES = 1 << 24
+
+
+def local_repair_rows(k: int, dim: int) -> int:
+    return LOCAL_REPAIR_ENTRIES // max(k, dim)
+
+
+def local_repair(overflow: DataFrame, id_col: str, lv: "_Level", prices: np.ndarray, free: np.ndarray,
+                 max_rounds: int, cols) -> DataFrame:
+    """The overflow rows (at most local_repair_rows of them) placed by the repair rounds in one task: the rows are
+    ordered by (id hash, id), so the result does not depend on how they arrived; applicants are ranked by (cost,
+    id hash, id) as in the distributed rounds, and the same slot fallback follows `max_rounds` rounds. Returns
+    `cols` + _code for every overflow row."""
+    schema = T.StructType([overflow.schema[id_col], T.StructField(CODE, T.IntegerType(), False)])
+    adj_prices = torch.from_numpy(np.asarray(prices, np.float64))
+    room = np.asarray(free, np.int64)
+
+    def setup(dev):
+        return lv.setup(dev), []
+
+    def kernel(ctx, x, batch):
+        cbs, store = ctx
+        store.append((lv.residual(cbs, x, batch).cpu(), batch.column(batch.schema.get_field_index(id_col)),
+                      batch.column(batch.schema.get_field_index(HASH)).to_numpy()))
+        return None
+
+    def finish(ctx):
+        cbs, store = ctx
+        if not store:
+            return None
+        r = torch.cat([s[0] for s in store])
+        ids = pa.concat_arrays([s[1] for s in store])
+        hashes = np.concatenate([s[2] for s in store])
+        order = np.lexsort((np.arange(len(hashes)), ids.to_numpy(zero_copy_only=False), hashes))
+        adj = km.distances(r[torch.from_numpy(order)], cbs[-1].cpu(), block_rows=lv.block_rows).to(torch.float64)
+        codes, _ = bal.repair(adj + adj_prices, hashes[order], room, max_rounds)
+        return {id_col: ids.take(pa.array(order)), CODE: codes}
+
+    placed = map_blocks(overflow.repartition(1), schema, kernel, dim=lv.dim, setup=setup, device=lv.device,
+                        finish=finish)
+    return overflow.select(*cols).join(placed, on=id_col)
 
 
 def slot_fallback(overflow: DataFrame, free: np.ndarray, cols, id_col: str) -> DataFrame:

@@ -86,10 +86,18 @@ class LevelStats:
 # Entries of one slot's Sinkhorn matrices (float32): at most 2^24 each, so a balanced level's pricing holds at most
 # 3 x 64 MiB (the priced rows' residuals, their distances and the Sinkhorn kernel) whatever K, d and the slot's size.
 SLOT_PRICE_ENTRIES = 1 << 24
-def price_rows(k: int, rows: int, dim: int = 1) -> int:
-    """Rows of a slot the Sinkhorn solve uses: all of them up to SLOT_PRICE_ENTRIES / max(K, d) (65,536 at K = 256,
-    d <= 256; 2,048 at K = 8,192); the slot's first rows in hash order, so a sample of it."""
-    return int(max(1, min(rows, SLOT_PRICE_ENTRIES // max(k, dim))))
+# ... and at most this many rows per code: a slot's prices need a few dozen rows per code, and the solve's cost is
+# linear in its rows (Beauty: rel. error the same with 23 rows per code per slot as with all of them).
+SLOT_PRICE_ROWS_PER_CODE = 32
+# Scaling sweeps per epsilon of the solves inside the training loop (the final solve runs 20).
+TRAIN_SWEEPS = 10
+def price_rows(k: int, rows: int, dim: int = 1, final: bool = False) -> int:
+    """Rows of a slot the Sinkhorn solve uses: all of them up to min(32 K, SLOT_PRICE_ENTRIES / max(K, d)) (8,192
+    at K = 256; 2,048 at K = 8,192); the slot's first rows in hash order, so a sample of it. The final solve (once
+    per level, its prices go into the model and steer the encode) takes up to the entries bound alone (65,536 rows
+    at K = 256, d <= 256)."""
+    per_code = rows if final else SLOT_PRICE_ROWS_PER_CODE * k
+    return int(max(1, min(rows, per_code, SLOT_PRICE_ENTRIES // max(k, dim))))
 
 
 @dataclass(frozen=True)
@@ -100,7 +108,7 @@ class SlotPricing:
     all its rows under those prices -- so each centre moves to the mean of a balanced cluster -- and sends the
     prices weighted by its rows with its counts and sums. The driver's prices are their K-sized average.
 
-    Inside the loop the coarse schedule (7 epsilons, 4x apart, 20 sweeps each); `final` runs the fine one
+    Inside the loop the coarse schedule (7 epsilons, 4x apart, TRAIN_SWEEPS sweeps each); `final` runs the fine one
     (14 halvings, 20 sweeps each), for the prices stored in the model."""
 
     final: bool = False
@@ -111,7 +119,7 @@ class SlotPricing:
         k = cb.shape[0]
         dist = km.distances(r, cb, block_rows=block_rows)
         caps = torch.full((k,), r.shape[0] / k, dtype=torch.float32, device=r.device)
-        return sinkhorn_prices(dist, caps, 20, coarse=not self.final)[0]
+        return sinkhorn_prices(dist, caps, 20 if self.final else TRAIN_SWEEPS, coarse=not self.final)[0]
 
 
 
@@ -179,7 +187,7 @@ def batch_stats(batched, batch: int, state: QuantizerState, level_codebook: np.n
             if pricing is None:
                 acc = acc + matrix_stats(x, cbs, prs, cb, pr, state.block_rows)
                 continue
-            m = price_rows(k, len(x), dim)
+            m = price_rows(k, len(x), dim, final=pricing.final)
             _, r = km.residual_encode(x[:m].to(dev), cbs, prs, state.block_rows)
             p = pricing.solve(r, cb, state.block_rows)
             del r

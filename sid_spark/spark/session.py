@@ -42,6 +42,9 @@ def get_session(master: str | None = "local[*]", app_name: str = "sid_spark", co
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(int(arrow_batch_rows or 16384)),
         "spark.sql.shuffle.partitions": "8",
         "spark.ui.enabled": "false",
+        # sid_spark logs one progress line per iteration / round (sid_spark.progress); Spark's console bar would
+        # interleave with them. A profile or --conf that sets it wins.
+        "spark.ui.showConsoleProgress": "false",
         "spark.sql.session.timeZone": "UTC",
         "spark.driver.memory": os.environ.get("SID_SPARK_DRIVER_MEMORY", "4g"),
     }

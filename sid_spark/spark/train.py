@@ -13,6 +13,7 @@ from pyspark.sql import functions as F
 from ..config import TokenizerConfig
 from ..errors import InputError
 from ..kernels import kmeans as km
+from ..progress import Progress
 from .prepare import HASH, VEC, Prepared
 from .batches import BatchedSample, batched_sample
 from .quantize import QuantizerState, SlotPricing, batch_stats
@@ -128,6 +129,8 @@ def train_level(batched: BatchedSample, frozen: QuantizerState, init_x: np.ndarr
     seen = torch.zeros(k, dtype=torch.int64)
     prices = None
     history = []
+    progress = Progress(log, f"train level {level + 1}/{cfg.levels}{' (balanced)' if balanced else ''}: iteration",
+                        cfg.max_iter, early_stop=True, after=cfg.max_iter * (cfg.levels - level - 1))
     for it in range(cfg.max_iter):
         pricing = SlotPricing() if balanced else None
         st = batch_stats(batched, it % n_batches, frozen, centroids.numpy(), prices, dim, pricing)
@@ -147,8 +150,8 @@ def train_level(batched: BatchedSample, frozen: QuantizerState, init_x: np.ndarr
         history.append({"level": level + 1, "iter": it + 1, "rows": st.rows, "mse": st.sse / max(st.rows, 1),
                         "shift": shift, "split": n_split, "max_count": int(st.counts.max()),
                         "min_count": int(st.counts.min())})
-        log.info("level %d/%d iter %d/%d rows=%d mse=%.6g shift=%.3g split=%d", level + 1, cfg.levels, it + 1,
-                 cfg.max_iter, st.rows, st.sse / max(st.rows, 1), shift, n_split)
+        progress.step(it + 1, f"rows={st.rows} mse={st.sse / max(st.rows, 1):.6g} shift={shift:.3g} "
+                              f"split={n_split} codes {int(st.counts.min())}..{int(st.counts.max())}")
         if shift < cfg.tol and n_split == 0 and (n_batches == 1 or it >= n_batches):
             break
     if balanced:
