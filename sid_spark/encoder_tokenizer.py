@@ -13,7 +13,7 @@ import time
 from typing import Any, Dict, Optional
 
 from pyspark.ml import Estimator, Model
-from pyspark.ml.util import DefaultParamsWriter, MLReadable, MLReader, MLWritable, MLWriter
+from pyspark.ml.util import MLReadable, MLReader, MLWritable, MLWriter
 from pyspark.sql import DataFrame
 
 from .config import TokenizerConfig

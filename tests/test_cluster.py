@@ -7,7 +7,6 @@ profile, state kept in driver globals (the SIDs must equal the local-mode SIDs),
 on, a driver that dies mid-training.
 """
 import json
-import os
 import shutil
 import sys
 from pathlib import Path

@@ -4,7 +4,6 @@ never mix or delete each other's work; a mostly rejected catalog keeps the previ
 import hashlib
 import itertools
 import json
-import os
 import threading
 from pathlib import Path
 

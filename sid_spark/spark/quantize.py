@@ -103,7 +103,7 @@ def price_rows(k: int, rows: int, dim: int = 1, final: bool = False) -> int:
 @dataclass(frozen=True)
 class SlotPricing:
     """Prices solved on the executors, inside a balanced level's statistics job (no extra pass, nothing m x K on
-    the driver): every slot of the mini-batch runs log-domain Sinkhorn (kernels.balance.sinkhorn_prices) on the
+    the driver): every slot of the mini-batch runs stabilised Sinkhorn (kernels.balance.sinkhorn_prices) on the
     distances of its own rows (at most `price_rows`) to the current centres, towards equal code sizes, assigns
     all its rows under those prices -- so each centre moves to the mean of a balanced cluster -- and sends the
     prices weighted by its rows with its counts and sums. The driver's prices are their K-sized average.
