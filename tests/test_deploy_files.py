@@ -47,7 +47,7 @@ def test_dockerfile_builds_on_the_official_spark_image_as_non_root_with_a_torch_
     args = dict(a.split("=", 1) for k, a in ins if k == "ARG" and "=" in a)
     base = next(a for k, a in ins if k == "FROM")
     base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], base)
-    assert base.startswith("apache/spark:4.0.1-") and "python3" in base
+    assert base.startswith("apache/spark:4.3.0-") and "python3" in base
     users = [a for k, a in ins if k == "USER"]
     assert users and users[-1] not in ("root", "0")
     runs = " ".join(a for k, a in ins if k == "RUN")
