@@ -15,7 +15,7 @@ from pyspark.sql import types as T
 
 from ..kernels import kmeans as km
 from .prepare import VEC
-from .runner import aggregate_blocks, map_blocks, task_setup
+from .runner import aggregate_blocks, block_partition, map_blocks, task_setup
 
 
 @dataclass(frozen=True)
@@ -222,12 +222,21 @@ def encode_checked_rows(rows: DataFrame, id_col: str, sid_col: str, reason_col: 
     """Rows (id, _vec, reason, ...) -> (id, sid, reason, ...): rows with a null reason get their greedy SID, the
     others a null SID; every column but _vec passes through. A rejected row's _vec must be null (or of length
     `dim`): only the valid rows' values are handed to the kernel, zero-copy when a batch has no rejects."""
-    fields = [rows.schema[id_col], T.StructField(sid_col, T.ArrayType(T.IntegerType(), False), True)]
-    fields += [f for f in rows.schema if f.name not in (id_col, VEC)]
+    schema, partition = checked_rows_encoder(rows.schema, id_col, sid_col, reason_col, state, dim)
+    return rows.mapInArrow(partition, schema)
+
+
+def checked_rows_encoder(rows_schema: T.StructType, id_col: str, sid_col: str, reason_col: str, state: QuantizerState,
+                         dim: int) -> tuple:
+    """(output schema, partition function) of encode_checked_rows for rows of `rows_schema`: the direct Parquet
+    read runs the same function on the batches it decodes itself."""
+    fields = [rows_schema[id_col], T.StructField(sid_col, T.ArrayType(T.IntegerType(), False), True)]
+    fields += [f for f in rows_schema if f.name not in (id_col, VEC)]
+    schema = T.StructType(fields)
 
     def kernel(ctx, x, _batch):
         cbs, prs = ctx
         return {sid_col: km.residual_encode(x, cbs, prs, state.block_rows, with_residual=False)[0]}
 
-    return map_blocks(rows, T.StructType(fields), kernel, dim=dim, setup=state.tensors, device=state.device,
-                      reason_col=reason_col)
+    return schema, block_partition(schema, kernel, dim=dim, setup=state.tensors, device=state.device,
+                                   reason_col=reason_col)

@@ -156,6 +156,15 @@ def map_blocks(rows: DataFrame, schema: T.StructType, kernel: Callable, *, dim: 
     finish: `finish(ctx)` after the last batch may return the partition's last output rows (every column of
     `schema` from the kernel, none passed through), for kernels that fold the partition (a running top-k).
     on_device=False: x stays on the CPU (for kernels that move their own blocks), setup still gets the device."""
+    return rows.mapInArrow(block_partition(schema, kernel, dim=dim, setup=setup, device=device, reason_col=reason_col,
+                                           finish=finish, vec_col=vec_col, on_device=on_device), schema)
+
+
+def block_partition(schema: T.StructType, kernel: Callable, *, dim: int, setup: Optional[Callable] = None,
+                    device: str = "auto", reason_col: Optional[str] = None, finish: Optional[Callable] = None,
+                    vec_col: str = VEC, on_device: bool = True) -> Callable:
+    """map_blocks' partition function, `partition(batches) -> batches`, for a caller that makes its own Arrow
+    batches inside the task (the direct Parquet read decodes them from the files' bytes) and hands them on."""
 
     def partition(batches: Iterator[pa.RecordBatch]):
         dev, ctx = task_setup(device, setup)
@@ -176,7 +185,7 @@ def map_blocks(rows: DataFrame, schema: T.StructType, kernel: Callable, *, dim: 
             if out is not None:
                 yield _assemble(None, schema, out, None)
 
-    return rows.mapInArrow(partition, schema)
+    return partition
 
 
 def _empty_outputs(schema, batch) -> dict:

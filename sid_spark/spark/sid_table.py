@@ -75,12 +75,13 @@ def write_encoded(spark: SparkSession, q: Quantizer, df: DataFrame, output: str,
             n_in = prepared.n_read
             n_sids = spark.read.parquet(staging).count()
             n_rej = spark.read.parquet(f"{staging}/{REJECTS}").count()
+            read = "spark"
         else:
-            n_in, n_sids, n_rej = write_greedy(spark, q, df, staging, f"{staging}/{REJECTS}",
-                                               f"{staging}/{FINGERPRINTS}")
+            n_in, n_sids, n_rej, read = write_greedy(spark, q, df, staging, f"{staging}/{REJECTS}",
+                                                     f"{staging}/{FINGERPRINTS}")
         check_read_balance(n_in, n_sids, n_rej)
         return {**table_manifest(q), "items_read": n_in, "items_encoded": n_sids, "items_rejected": n_rej,
-                "encode_seconds": time.time() - t0, "generation": generation}
+                "encode_seconds": time.time() - t0, "generation": generation, "vector_read": read}
 
     return commit_output(spark, output, write)
 

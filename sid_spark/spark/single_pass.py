@@ -9,6 +9,8 @@ alone), so collapsing duplicates after encoding gives exactly what collapsing th
 """
 from __future__ import annotations
 
+import logging
+
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -18,6 +20,8 @@ from .prepare import FILE, VEC, check_structure, duplicate_rejects, row_reason
 from .encode import Quantizer, encode_valid
 from .vectors import float_array_column
 
+log = logging.getLogger("sid_spark.encode")
+
 REASON = "reason"
 LEN = "_len"
 ENCODED = "_encoded"
@@ -25,19 +29,33 @@ ENCODED = "_encoded"
 
 def write_greedy(spark: SparkSession, model: Quantizer, df: DataFrame, staging: str, rejects: str, fingerprints: str) -> tuple:
     """Write the SIDs (into `staging`, appended beside nothing but hidden folders), the rejects and the fingerprints
-    of `df`; returns (items read, SIDs written, rejects written). Structural errors (empty input, files of different
-    dimensions) raise InputError once the pass is done; the caller's staging directory then never becomes output."""
+    of `df`; returns (items read, SIDs written, rejects written, how the vectors were read: "parquet_direct" or
+    "spark"). Structural errors (empty input, files of different
+    dimensions) raise InputError once the pass is done; the caller's staging directory then never becomes output.
+
+    The vectors are read once: by pyarrow in the executors for a plain Parquet input (sid_spark.spark.parquet_direct),
+    else by Spark's reader; both give the same narrow table."""
+    from .parquet_direct import direct_encoded, parquet_files
+
     cfg = model.config
     id_col = cfg.id_col
     if id_col not in df.columns:
         raise InputError(f"id column '{id_col}' not found (columns: {', '.join(df.columns)})")
-    rows = df.select(F.col(id_col), float_array_column(df, cfg.vector_col).alias(VEC),
-                     F.input_file_name().alias(FILE))
-    checked = (rows.withColumn(REASON, row_reason(id_col, model.dim))
-               .select(id_col, F.when(F.col(REASON).isNull(), F.col(VEC)).alias(VEC), REASON,
-                       F.xxhash64(VEC).alias(FP), F.size(VEC).alias(LEN), FILE))
     encoded_path = f"{staging}/{ENCODED}"
-    encode_valid(checked, model, reason_col=REASON).write.parquet(encoded_path)
+    write_direct = None
+    files = parquet_files(spark, df, id_col, cfg.vector_col)
+    if files is not None:
+        write_direct = direct_encoded(spark, df, model, id_col, cfg.vector_col, files)
+    if write_direct is not None:
+        log.info("reading the vectors of %d Parquet file(s) directly in the executors", len(files))
+        write_direct(encoded_path)
+    else:
+        rows = df.select(F.col(id_col), float_array_column(df, cfg.vector_col).alias(VEC),
+                         F.input_file_name().alias(FILE))
+        checked = (rows.withColumn(REASON, row_reason(id_col, model.dim))
+                   .select(id_col, F.when(F.col(REASON).isNull(), F.col(VEC)).alias(VEC), REASON,
+                           F.xxhash64(VEC).alias(FP), F.size(VEC).alias(LEN), FILE))
+        encode_valid(checked, model, reason_col=REASON).write.parquet(encoded_path)
     encoded = spark.read.parquet(encoded_path)
     n_read, _ = check_structure(encoded, F.col(LEN))
 
@@ -63,7 +81,7 @@ def write_greedy(spark: SparkSession, model: Quantizer, df: DataFrame, staging: 
     _delete(spark, encoded_path)
     n_sids = spark.read.parquet(staging).count()
     n_rej = spark.read.parquet(rejects).count()
-    return n_read, n_sids, n_rej
+    return n_read, n_sids, n_rej, ("parquet_direct" if write_direct is not None else "spark")
 
 
 def _delete(spark: SparkSession, path: str) -> None:
