@@ -82,6 +82,7 @@ def test_prepare_counts_every_row_once(spark, bad_catalog):
     assert p.n_read == 36
     assert Counter((r["item_id"], r["reason"]) for r in p.rejects.collect()) == rejects
     assert {r["item_id"] for r in p.valid.collect()} == encoded
+    assert p.n_valid == p.valid.count() == len(encoded)  # counted by the duplicate check's aggregation
 
 
 def test_training_skips_bad_rows_and_records_accounting(trained):

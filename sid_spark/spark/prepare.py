@@ -35,6 +35,7 @@ class Prepared:
     rejects: DataFrame  # id_col, reason string
     dim: int
     n_read: Optional[int] = None  # rows read from the input (items read = valid + rejected)
+    n_valid: Optional[int] = None  # rows of `valid`, counted by the duplicate check's aggregation
 
 
 def item_hash(id_col: str, seed: int, salt: int = 0):
@@ -86,9 +87,10 @@ def prepare(df: DataFrame, cfg: TokenizerConfig, dim: Optional[int] = None) -> P
     row_rejects = checked.where(F.col("reason").isNotNull()).select(cfg.id_col, "reason")
     clean = checked.where(F.col("reason").isNull()).drop("reason")
 
-    valid, dup_rejects = _drop_duplicate_ids(clean, cfg.id_col)
+    valid, dup_rejects, n_valid = _drop_duplicate_ids(clean, cfg.id_col)
     valid = valid.select(cfg.id_col, VEC, item_hash(cfg.id_col, cfg.seed).alias(HASH))
-    return Prepared(valid=valid, rejects=row_rejects.unionByName(dup_rejects), dim=dim, n_read=n_read)
+    return Prepared(valid=valid, rejects=row_rejects.unionByName(dup_rejects), dim=dim, n_read=n_read,
+                    n_valid=n_valid)
 
 
 # Above this many duplicated ids the anti-join against them is a shuffle join rather than a broadcast one.
@@ -96,27 +98,31 @@ BROADCAST_DUPLICATES = 1_000_000
 
 
 def _drop_duplicate_ids(clean: DataFrame, id_col: str):
-    """(rows with one copy per id, rejects for the other copies).
+    """(rows with one copy per id, rejects for the other copies, number of rows kept).
 
     Identical copies collapse to one (the others are rejected as duplicate_id); differing copies are all
     rejected — no vector is chosen arbitrarily for an id. Duplicates are found by shuffling (id, 64-bit vector
     hash) only, never the vectors; the usual case, no duplicated id, costs that one small aggregation and leaves
     the valid rows a narrow transformation of the input, so every later pass reads it without a shuffle.
     """
-    dups = (clean.groupBy(id_col)
-            .agg(F.count(F.lit(1)).alias("_n"), F.min(F.xxhash64(VEC)).alias("_vmin"),
-                 F.max(F.xxhash64(VEC)).alias("_vmax"))
-            .where(F.col("_n") > 1))
-    n_dup_ids = dups.count()
-    if n_dup_ids == 0:
-        return clean, clean.select(id_col, F.lit(DUPLICATE_ID).alias("reason")).limit(0)
+    per_id = (clean.groupBy(id_col)
+              .agg(F.count(F.lit(1)).alias("_n"), F.min(F.xxhash64(VEC)).alias("_vmin"),
+                   F.max(F.xxhash64(VEC)).alias("_vmax")))
     same = F.col("_vmin") == F.col("_vmax")
+    # One aggregation counts both the duplicated ids and the rows kept (one per id whose copies agree), so
+    # training needs no extra pass over the vectors to know N.
+    counts = per_id.agg(F.count(F.when(F.col("_n") > 1, 1)).alias("dup"),
+                        F.count(F.when(same, 1)).alias("kept")).first()  # driver-ok: one row
+    n_dup_ids, n_kept = int(counts["dup"] or 0), int(counts["kept"] or 0)
+    if n_dup_ids == 0:
+        return clean, clean.select(id_col, F.lit(DUPLICATE_ID).alias("reason")).limit(0), n_kept
+    dups = per_id.where(F.col("_n") > 1)
     ids = dups.select(id_col, same.alias("_same"))
     if n_dup_ids <= BROADCAST_DUPLICATES:
         ids = F.broadcast(ids)
     single = clean.join(ids, id_col, "left_anti")
     collapsed = clean.join(ids.where(F.col("_same")).select(id_col), id_col, "left_semi").dropDuplicates([id_col])
-    return single.unionByName(collapsed), duplicate_rejects(dups, id_col)
+    return single.unionByName(collapsed), duplicate_rejects(dups, id_col), n_kept
 
 
 def duplicate_rejects(per_id: DataFrame, id_col: str) -> DataFrame:

@@ -40,7 +40,7 @@ class TrainResult:
 def sample_rows(prepared: Prepared, cfg: TokenizerConfig):
     """(rows (_vec, _u) to train on, catalog size N, expected sample size): the rows whose id hash falls in
     [0, sample_size / N), with _u the hash rescaled to [0, 1). Chosen by id hash, so independent of partitioning."""
-    n = prepared.valid.count()
+    n = prepared.n_valid if prepared.n_valid is not None else prepared.valid.count()
     if n == 0:
         raise InputError("input has no valid rows to train on (see the rejects table)")
     k = max(cfg.codebook_sizes)
