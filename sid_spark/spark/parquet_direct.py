@@ -149,27 +149,31 @@ def checked_batch(ids: pa.Array, vec: pa.Array, dim: int, id_col: str, id_type: 
         v = vals.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)  # double -> float as Spark's cast
     elem_null = _nulls(vals) if vals.null_count else None
 
-    def per_row(flag):
-        c = np.zeros(len(flag) + 1, np.int64)
-        np.cumsum(flag, out=c[1:])
-        return c[offs[1:]] - c[offs[:-1]]
-
-    finite = np.isfinite(v)
-    nan = np.isnan(v)
-    if elem_null is not None:
-        nan &= ~elem_null
-        finite |= elem_null
-    n_nan = per_row(nan)
-    n_bad = per_row(~finite)
-    n_nonzero = per_row((v != 0) if elem_null is None else ((v != 0) & ~elem_null))
-    n_null = per_row(elem_null) if elem_null is not None else np.zeros(n, np.int64)
-
     code = np.zeros(n, np.int8)
-    code[n_nonzero == 0] = 1
-    code[n_bad > 0] = 2
-    code[(n_null > 0) & (n_nan == 0)] = 3
-    code[lengths != dim] = 4
-    code[lengths == 0] = 5
+    if elem_null is None and len(v) == n * dim and (lengths == dim).all():
+        # The usual block: every vector has the model's length and no null element; two passes over it.
+        m = v.reshape(n, dim)
+        code[~m.any(axis=1)] = 1
+        code[~np.isfinite(m).all(axis=1)] = 2
+    else:
+        def per_row(flag):
+            c = np.zeros(len(flag) + 1, np.int64)
+            np.cumsum(flag, out=c[1:])
+            return c[offs[1:]] - c[offs[:-1]]
+
+        finite = np.isfinite(v)
+        nan = np.isnan(v)
+        if elem_null is not None:
+            nan &= ~elem_null
+            finite |= elem_null
+        n_nan = per_row(nan)
+        n_nonzero = per_row((v != 0) if elem_null is None else ((v != 0) & ~elem_null))
+        n_null = per_row(elem_null) if elem_null is not None else np.zeros(n, np.int64)
+        code[n_nonzero == 0] = 1
+        code[per_row(~finite) > 0] = 2
+        code[(n_null > 0) & (n_nan == 0)] = 3
+        code[lengths != dim] = 4
+        code[lengths == 0] = 5
     code[vec_null] = 6
     if ids.null_count:
         code[_nulls(ids)] = 7
@@ -191,7 +195,7 @@ def checked_batch(ids: pa.Array, vec: pa.Array, dim: int, id_col: str, id_type: 
         ids = ids.cast(id_type)
     return pa.RecordBatch.from_arrays(
         [ids, vec_out, reason.cast(pa.string()), pa.array(fp, pa.int64()), length,
-         pa.array(np.full(n, file_name, object), pa.string())],
+         pa.repeat(pa.scalar(file_name, pa.string()), n)],
         names=[id_col, VEC, REASON, FP, LEN, FILE])
 
 
@@ -205,30 +209,34 @@ _P3 = np.uint64(0x165667B19E3779F9)
 _P5_4 = np.uint64((0x27D4EB2F165667C5 + 4) & 0xFFFFFFFFFFFFFFFF)
 
 
-def spark_xxhash64_floats(m: np.ndarray, seed: int = 42) -> np.ndarray:
+def spark_xxhash64_floats(m: np.ndarray, seed: int = 42, chunk: int = 8192) -> np.ndarray:
     """Spark's `xxhash64(array<float>)` of each row of the (n, d) float32 matrix `m` (no nulls): XxHash64's
     hashInt of each element's bits, the previous element's hash as the seed, -0.0 hashed as 0.0; as Spark's
-    signed longs. Vectorised over rows, d sequential steps."""
+    signed longs. Vectorised over rows (`chunk` at a time, so the working arrays stay in cache), d sequential
+    steps of 14 in-place uint64 operations: ~2 us per 128-d row on one core."""
     bits = np.ascontiguousarray(m, np.float32).view(np.uint32)
-    bits = np.where(bits == np.uint32(0x80000000), np.uint32(0), bits)
-    cols = np.ascontiguousarray(bits.T).astype(np.uint64)
-    h = np.full(len(bits), seed, np.uint64)
-    t = np.empty_like(h)
-    for j in range(cols.shape[0]):
-        h += _P5_4
-        np.multiply(cols[j], _P1, out=t)
-        h ^= t
-        np.left_shift(h, np.uint64(23), out=t)
-        h >>= np.uint64(41)
-        h |= t
-        h *= _P2
-        h += _P3
-        np.right_shift(h, np.uint64(33), out=t)
-        h ^= t
-        h *= _P2
-        np.right_shift(h, np.uint64(29), out=t)
-        h ^= t
-        h *= _P3
-        np.right_shift(h, np.uint64(32), out=t)
-        h ^= t
-    return h.view(np.int64)
+    out = np.empty(len(bits), np.uint64)
+    for s in range(0, len(bits), chunk):
+        b = bits[s:s + chunk]
+        cols = np.ascontiguousarray(np.where(b == np.uint32(0x80000000), np.uint32(0), b).T)
+        h = np.full(len(b), seed, np.uint64)
+        t = np.empty_like(h)
+        for j in range(cols.shape[0]):
+            h += _P5_4
+            np.multiply(cols[j], _P1, out=t, dtype=np.uint64)
+            h ^= t
+            np.left_shift(h, np.uint64(23), out=t)
+            h >>= np.uint64(41)
+            h |= t
+            h *= _P2
+            h += _P3
+            np.right_shift(h, np.uint64(33), out=t)
+            h ^= t
+            h *= _P2
+            np.right_shift(h, np.uint64(29), out=t)
+            h ^= t
+            h *= _P3
+            np.right_shift(h, np.uint64(32), out=t)
+            h ^= t
+        out[s:s + chunk] = h
+    return out.view(np.int64)
