@@ -157,3 +157,24 @@ def test_xxhash64_is_sparks_bit_for_bit(spark):
     want = dict(df.select("i", F.xxhash64("v")).collect())
     assert spark_xxhash64_floats(m).tolist() == [want[i] for i in range(len(m))]
     assert json.dumps(spark_xxhash64_floats(m[:0]).tolist()) == "[]"
+
+
+def test_file_names_are_hadoop_paths_not_uris(spark, tmp_path):
+    """A space or % in a name is read directly (inputFiles() gives URIs; the read needs paths); a glob character
+    in a name takes the JVM path (binaryFile reads its paths as globs)."""
+    import glob
+    import os
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((50, D)).astype(np.float32)
+    schema = T.StructType([T.StructField("item_id", T.LongType()), T.StructField("embedding", T.ArrayType(T.FloatType()))])
+    routes = {}
+    for name in ("part a%b.parquet", "part[1].parquet"):
+        src = tmp_path / f"in {len(routes)}"
+        spark.createDataFrame([(i, x[i].tolist()) for i in range(50)], schema).coalesce(1).write.parquet(str(src))
+        os.rename(glob.glob(str(src / "part-*.parquet"))[0], str(src / name))
+        direct, jvm = encode_both(spark, spark.read.parquet(str(src)), model(x), tmp_path / f"out{len(routes)}")
+        assert_same_output(direct, jvm)
+        assert direct[0]["items_encoded"] == 50
+        routes[name] = direct[0]["vector_read"]
+    assert routes == {"part a%b.parquet": "parquet_direct", "part[1].parquet": "spark"}

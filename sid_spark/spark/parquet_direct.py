@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from typing import Iterator, Optional
+from urllib.parse import unquote
 
 import numpy as np
 import pyarrow as pa
@@ -68,7 +69,12 @@ def parquet_files(spark: SparkSession, df: DataFrame, id_col: str, vec_col: str)
             return None
     except Exception:  # Spark Connect (no _jdf), a plan shape this Spark names differently: the JVM path
         return None
-    return list(df.inputFiles())  # driver-ok: one name per file, not per item
+    # inputFiles() gives URIs (a space is %20); binaryFile's load() takes Hadoop path strings and reads them as
+    # globs, so a name with a glob character would match other files or none: such inputs take the JVM path.
+    files = [unquote(f) for f in df.inputFiles()]  # driver-ok: one name per file, not per item
+    if any(c in f for f in files for c in "*?[]{}\\"):
+        return None
+    return files
 
 
 def direct_encoded(spark: SparkSession, df: DataFrame, q, id_col: str, vec_col: str, files: list):

@@ -30,8 +30,8 @@ ENCODED = "_encoded"
 def write_greedy(spark: SparkSession, model: Quantizer, df: DataFrame, staging: str, rejects: str, fingerprints: str) -> tuple:
     """Write the SIDs (into `staging`, appended beside nothing but hidden folders), the rejects and the fingerprints
     of `df`; returns (items read, SIDs written, rejects written, how the vectors were read: "parquet_direct" or
-    "spark"). Structural errors (empty input, files of different
-    dimensions) raise InputError once the pass is done; the caller's staging directory then never becomes output.
+    "spark"). Structural errors (empty input, files of different dimensions) raise InputError once the pass is done;
+    the caller's staging directory then never becomes output.
 
     The vectors are read once: by pyarrow in the executors for a plain Parquet input (sid_spark.spark.parquet_direct),
     else by Spark's reader; both give the same narrow table."""
