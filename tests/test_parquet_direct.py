@@ -178,3 +178,30 @@ def test_file_names_are_hadoop_paths_not_uris(spark, tmp_path):
         assert direct[0]["items_encoded"] == 50
         routes[name] = direct[0]["vector_read"]
     assert routes == {"part a%b.parquet": "parquet_direct", "part[1].parquet": "spark"}
+
+
+def test_balanced_encode_direct_and_jvm_agree_with_bad_rows(spark, tmp_path):
+    """The balanced encode reads the input once (directly or by Spark) and chains every level in that pass; both
+    routes give the same SIDs, rejects, fingerprints and accounting, exact sizes at both levels, and the SIDs of
+    the API's route (prepare, then the chain pass over the prepared rows)."""
+    rows, x, expected = catalog_rows()
+    rows = [r for r in rows if r[0] != "big"]
+    schema = T.StructType([T.StructField("item_id", T.StringType()),
+                           T.StructField("embedding", T.ArrayType(T.FloatType()))])
+    src = tmp_path / "catalog"
+    spark.createDataFrame(rows, schema).repartition(3, "item_id").write.parquet(str(src))
+    df = spark.read.parquet(str(src))
+    greedy = model(x)
+    balanced = ResidualKMeansModel(TokenizerConfig(levels=2, codebook_size=8, balance="exact"), greedy.codebooks)
+    direct, jvm = encode_both(spark, df, balanced, tmp_path)
+    assert direct[0]["vector_read"] == "parquet_direct" and jvm[0]["vector_read"] == "spark"
+    assert_same_output(direct, jvm)
+    assert Counter((r["item_id"], r["reason"]) for r in direct[2].collect()) == expected
+    sids = direct[1].collect()
+    assert len(sids) == 62  # i0..i59, the -0.0 row, d1 once
+    for level in range(2):
+        sizes = Counter(r["sid"][level] for r in sids)
+        assert sorted(sizes) == list(range(8)) and set(sizes.values()) <= {7, 8}, sizes
+    api = balanced.encode(df).sids
+    assert_df_equality(api.select("item_id", "sid"), direct[1].select("item_id", "sid"), ignore_row_order=True,
+                       ignore_nullable=True)

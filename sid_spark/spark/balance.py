@@ -1,18 +1,23 @@
 """Exact balanced encoding of a whole catalog on Spark: in every balanced level every code holds floor(N/K) or
 ceil(N/K) of the N encoded items.
 
-Per balanced level (the driver holds only codebooks, prices, counts and capacities — K-sized):
+The driver holds only codebooks, prices, counts and capacities (K-sized). The vectors are read once:
 
-  prices       learnt in training: dual ascent on every pass's per-code counts (sid_spark.kernels.balance),
-               so that first choices are already near-balanced; what is left overflows.
-  pass 1       candidate pass: each item's first choice under the prices and its regret (second - first cost).
-  shuffle      a window per first-choice code, ordered by regret (desc), then the stable id hash: the first
-               cap_k items keep code k; the rest (typically a few percent) overflow.
-  rounds       over the overflow rows only: each picks its nearest code that still has room; a window per
-               picked code keeps the nearest applicants up to the room left. Every round fills at least one
-               code or places everyone; after `balance_repair_rounds` rounds the leftovers fill the remaining
-               room in hash order (one small global sort).
-
+  chain pass   one pass over the vectors gives, for every level, the row's first choice under that level's prices
+               and its regret (second - first cost), assuming every earlier level kept its first choice (the
+               residual carried forward); greedy levels get their nearest code. Materialized as a narrow table
+               (id, hash, two numbers per level) beside the vector table.
+  per level    prices learnt in training (dual ascent on every pass's per-code counts, sid_spark.kernels.balance)
+               make first choices near-balanced, so what is left overflows:
+    ranking    a window per over-full first choice over (id, hash, first choice, regret) only, ordered by regret
+               (desc), then the stable id hash: the first cap_k items keep code k; the rest (typically a few
+               percent) overflow.
+    repair     over the overflow rows only, read with their vectors: each picks its nearest code that still has
+               room; a window per picked code keeps the nearest applicants up to the room left (in one task once
+               few enough remain: kernels.balance.repair). Every round fills at least one code or places everyone;
+               after `balance_repair_rounds` rounds the leftovers fill the remaining room in hash order.
+    tails      the moved rows' chain columns for the later levels, computed again from their new code (in the
+               same task as a one-task repair).
 Every decision is ordered by (value, stable id hash, id), so the codes do not depend on the partitioning.
 """
 from __future__ import annotations
@@ -35,7 +40,7 @@ from ..progress import Progress, geometric_steps_left
 from ..storage import materialize
 from ..kernels import kmeans as km
 from .prepare import HASH, VEC
-from .runner import code_matrix, map_blocks
+from .runner import block_partition, code_matrix, map_blocks
 
 log = logging.getLogger("sid_spark.balance")
 
@@ -110,45 +115,160 @@ def _code_counts(df: DataFrame, col: str, k: int) -> np.ndarray:
     return out
 
 
-def _caps_frame(spark, values: np.ndarray, col: str) -> DataFrame:
-    return F.broadcast(spark.createDataFrame([(int(i), int(v)) for i, v in enumerate(values)],
+# Overflow tables up to this many rows are broadcast to the candidate table's tasks (ids and a code: a few MB).
+BROADCAST_OVERFLOW = 2_000_000
+
+
+def _maybe_broadcast(df: DataFrame, rows: int) -> DataFrame:
+    return F.broadcast(df) if rows <= BROADCAST_OVERFLOW else df
+
+
+def _caps_frame(spark, values: np.ndarray, col: str, only: Optional[np.ndarray] = None) -> DataFrame:
+    """(code, _room) for every code, or for the codes where `only` is set: a broadcast K-row table."""
+    keep = np.ones(len(values), bool) if only is None else only
+    return F.broadcast(spark.createDataFrame([(int(i), int(values[i])) for i in np.nonzero(keep)[0]],
                                              T.StructType([T.StructField(col, T.IntegerType()),
                                                            T.StructField("_room", T.LongType())])))
 
 
-def balance_level(rows: DataFrame, id_col: str, lv: _Level, prices: Optional[np.ndarray], n: int,
-                  max_rounds: int, stats: dict) -> DataFrame:
-    """rows (id, _id_hash, _vec, _codes) -> the same rows with this level's exactly balanced code appended to _codes."""
-    spark = rows.sparkSession
-    started = time.perf_counter()
-    k = lv.codebooks[-1].shape[0]
-    prices = np.zeros(k, np.float32) if prices is None else np.asarray(prices, np.float32)
+def _f(level: int) -> str:
+    return f"_first{level}"
 
-    cand = materialize(candidate_rows(rows, lv, prices))
-    counts = _code_counts(cand, FIRST, k)
+
+def _g(level: int) -> str:
+    return f"_regret{level}"
+
+
+def _c(level: int) -> str:
+    return f"_code{level}"
+
+
+class _Chain:
+    """The chain pass: from level `start` on, each balanced level's first choice under its prices and its regret,
+    each greedy level's nearest code, every level assuming the earlier ones kept that choice (the residual carried
+    forward with the arithmetic of _Level.residual, so a row's values equal what a pass over that level alone gives).
+    One pass over the vectors computes it for every level; a level's repair moves only its overflow rows off their
+    first choice, and only those rows' later levels are computed again (start = the next level)."""
+
+    def __init__(self, model, start: int = 0):
+        cfg = model.config
+        self.levels = model.levels
+        self.exact = [cfg.balance_for(lvl) == "exact" for lvl in range(self.levels)]
+        self.codebooks = [np.ascontiguousarray(c) for c in model.codebooks]
+        self.prices = [None if not e else np.zeros(c.shape[0], np.float32) if p is None else
+                       np.asarray(p, np.float32) for c, p, e in zip(self.codebooks, model.prices, self.exact)]
+        self.start, self.dim, self.block_rows, self.device = start, model.dim, cfg.block_rows, cfg.device
+
+    def fields(self) -> list:
+        out = []
+        for lvl in range(self.start, self.levels):
+            out += [T.StructField(_f(lvl), T.IntegerType()), T.StructField(_g(lvl), T.DoubleType())]
+        return out
+
+    def setup(self, dev):
+        return ([torch.from_numpy(c).to(dev) for c in self.codebooks],
+                [None if p is None else torch.from_numpy(p).to(dev) for p in self.prices])
+
+    def kernel(self, ctx, x: torch.Tensor, batch: pa.RecordBatch) -> dict:
+        cbs, prs = ctx
+        r = x.clone()
+        if self.start:
+            codes = _prefix_codes(batch, self.start).to(x.device)
+            for lvl in range(self.start):
+                r -= cbs[lvl][codes[:, lvl]]
+        return self.from_residual(ctx, r)
+
+    def from_residual(self, ctx, r: torch.Tensor) -> dict:
+        """The chain columns from the residual `r` left by the levels before `start` (r is consumed)."""
+        cbs, prs = ctx
+        out = {}
+        for lvl in range(self.start, self.levels):
+            if self.exact[lvl]:
+                codes, cost = km.assign(r, cbs[lvl], prs[lvl], self.block_rows, topk=2)
+                first = codes[:, 0]
+                out[_g(lvl)] = (cost[:, 1] - cost[:, 0]).to(torch.float64)
+            else:
+                first = km.nearest(r, cbs[lvl], None, self.block_rows)
+                out[_g(lvl)] = torch.zeros(len(r), dtype=torch.float64, device=r.device)
+            out[_f(lvl)] = first
+            if lvl + 1 < self.levels:
+                r -= cbs[lvl][first]
+        return out
+
+    def partition(self, rows_schema: T.StructType, reason_col: Optional[str] = None) -> tuple:
+        """(schema, partition function) adding this chain's columns to rows of `rows_schema` (with _vec; rows whose
+        reason_col is set get nulls), for a caller that makes its own batches (the direct Parquet read)."""
+        schema = T.StructType(rows_schema.fields + self.fields())
+        return schema, block_partition(schema, self.kernel, dim=self.dim, setup=self.setup, device=self.device,
+                                       reason_col=reason_col)
+
+    def map(self, rows: DataFrame, reason_col: Optional[str] = None) -> DataFrame:
+        schema, fn = self.partition(rows.schema, reason_col)
+        return rows.mapInArrow(fn, schema)
+
+
+def chained_rows(rows: DataFrame, model, reason_col: Optional[str] = None) -> DataFrame:
+    """rows (with _vec) + the chain columns of every level: what encode_balanced(..., chained=True) takes."""
+    return _Chain(model).map(rows, reason_col)
+
+
+def _prefix(s: DataFrame, id_col: str, level: int) -> DataFrame:
+    """(id, _codes): the final codes of the levels before `level`, as the kernels' prefix column."""
+    codes = F.array(*[F.col(_c(lvl)) for lvl in range(level)]) if level else F.array()
+    return s.select(id_col, codes.cast(T.ArrayType(T.IntegerType())).alias(CODES))
+
+
+def balance_level(t: DataFrame, s: DataFrame, id_col: str, model, level: int, n: int, stats: dict) -> DataFrame:
+    """One balanced level over the narrow table `s` (id, _id_hash, final codes of the earlier levels, chain columns
+    of this and the later levels); `t` (id, _id_hash, _vec) gives the vectors of the few rows the repair needs.
+    Returns `s` with this level's exactly balanced code (_code<level>) and the later levels' chain columns updated
+    for the rows the repair moved."""
+    spark = s.sparkSession
+    started = time.perf_counter()
+    cfg = model.config
+    lv = _Level(model.codebooks, level, model.dim, cfg.block_rows, cfg.device)
+    max_rounds = cfg.balance_repair_rounds
+    k = lv.codebooks[-1].shape[0]
+    prices = model.prices[level]
+    prices = np.zeros(k, np.float32) if prices is None else np.asarray(prices, np.float32)
+    first = _f(level)
+    counts = _code_counts(s, first, k)
     caps = bal.capacities(n, k, counts)
-    by_code = Window.partitionBy(FIRST).orderBy(F.col(REGRET).desc(), F.col(HASH), F.col(id_col))
-    ranked = cand.withColumn("_rank", F.row_number().over(by_code)).join(
-        _caps_frame(spark, caps, FIRST), on=FIRST).withColumn("_ok", F.col("_rank") <= F.col("_room"))
-    ranked = materialize(ranked)
     base_cols = [id_col, HASH, VEC, CODES]
-    placed = [ranked.where(F.col("_ok")).select(*base_cols, F.col(FIRST).alias(CODE))]
     free = caps - np.minimum(counts, caps)
-    n_over = int(np.clip(counts - caps, 0, None).sum())
-    overflow = ranked.where(~F.col("_ok")).select(*base_cols)
+    n_over = n_overflow = int(np.clip(counts - caps, 0, None).sum())
     stats.setdefault("overflow", []).append(n_over)
-    log.info("encode level %d (balanced): candidate pass and ranking done (%.0f s): %d of %d items overflow their "
-             "first choice; up to %d repair rounds follow", lv.level + 1, time.perf_counter() - started, n_over, n,
+    repaired: List[DataFrame] = []
+    prefix = overflow = None
+    if n_over:
+        # The ranking shuffles (id, hash, first choice, regret) only: the first cap_k of each first choice keep it,
+        # and only the overflow rows (typically a few percent) are read with their vectors, for the repair.
+        by_code = Window.partitionBy(first).orderBy(F.col(_g(level)).desc(), F.col(HASH), F.col(id_col))
+        # Only the codes chosen first by more items than they hold are ranked (the join keeps their rows only).
+        prefix = materialize(_prefix(
+            s.select(id_col, HASH, first, _g(level), *[_c(lvl) for lvl in range(level)])
+            .join(_caps_frame(spark, caps, first, only=counts > caps), on=first)
+            .withColumn("_rank", F.row_number().over(by_code)).where(F.col("_rank") > F.col("_room")),
+            id_col, level))
+        overflow = t.select(id_col, HASH, VEC).join(_maybe_broadcast(prefix, n_over), on=id_col).select(*base_cols)
+    log.info("encode level %d (balanced): ranking done (%.0f s): %d of %d items overflow their first choice; up to "
+             "%d repair rounds follow", level + 1, time.perf_counter() - started, n_over, n,
              max_rounds if n_over else 0)
-    progress = Progress(log, f"encode level {lv.level + 1} (balanced): repair round", max_rounds, early_stop=True)
+    progress = Progress(log, f"encode level {level + 1} (balanced): repair round", max_rounds, early_stop=True)
     rounds = 0
     local = 0
+    later = [c for lvl in range(level + 1, model.levels) for c in (_f(lvl), _g(lvl))]
+    tail = _Chain(model, level + 1) if later else None
+    with_tails = False
     while n_over > 0 and rounds < max_rounds:
         if n_over <= local_repair_rows(k, lv.dim):
-            # Few enough to place in one task: the same rounds (kernels.balance.repair), one job instead of many.
-            placed.append(local_repair(overflow, id_col, lv, prices, free, max_rounds - rounds, base_cols))
+            # Few enough to place in one task: the same rounds (kernels.balance.repair), one job instead of many;
+            # placed at once, the rows' later levels come from the same task.
+            with_tails = rounds == 0
+            repaired.append(local_repair(overflow, id_col, lv, prices, free, max_rounds - rounds,
+                                         tail if with_tails else None))
             log.info("encode level %d (balanced): the %d items left go to one task (the rounds there, no more "
-                     "distributed rounds)", lv.level + 1, n_over)
+                     "distributed rounds)", level + 1, n_over)
             local, n_over = n_over, 0
             break
         rounds += 1
@@ -164,22 +284,36 @@ def balance_level(rows: DataFrame, id_col: str, lv: _Level, prices: Optional[np.
                                               F.count(F.lit(1)).alias("n")).collect():  # driver-ok: K rows
             accepted_counts[row[0]] = row["a"]
             n_over += row["n"] - row["a"]
-        placed.append(ranked.where(F.col("_ok")).select(*base_cols, F.col(CHOICE).alias(CODE)))
+        repaired.append(ranked.where(F.col("_ok")).select(id_col, F.col(CHOICE).alias(CODE)))
         free = free - accepted_counts
         overflow = ranked.where(~F.col("_ok")).select(*base_cols)
         progress.step(rounds, f"{n_over} items still without room", geometric_steps_left(waiting, n_over))
     if n_over > 0:
-        placed.append(slot_fallback(overflow, free, base_cols, id_col))
-    # full passes over the level's rows: the candidate pass and the window shuffle by code (the repair rounds
-    # read only the overflow rows)
-    stats.setdefault("passes", []).append(2)
+        repaired.append(slot_fallback(overflow, free, [id_col], id_col))
     stats.setdefault("repair_rounds", []).append(rounds)
     stats.setdefault("fallback_items", []).append(int(n_over))
     stats.setdefault("local_repair_items", []).append(int(local))
-    out = placed[0]
-    for part in placed[1:]:
-        out = out.unionByName(part)
-    out = materialize(out.select(id_col, HASH, VEC, F.concat(CODES, F.array(F.col(CODE))).alias(CODES)))
+    code = F.col(first)
+    cols = [F.col(c) for c in later]
+    if repaired:
+        fixed = repaired[0]
+        for part in repaired[1:]:
+            fixed = fixed.unionByName(part)
+        # Every overflow row has exactly one repaired code, never its first choice (that code is full); every other
+        # row keeps its first choice, and its chain columns of the later levels. Joins with the overflow are
+        # broadcast ones while it is small.
+        fixed = materialize(fixed)
+        if later and not with_tails:
+            moved = prefix.join(fixed, on=id_col).select(
+                id_col, F.concat(CODES, F.array(F.col(CODE))).alias(CODES))
+            rows = t.select(id_col, VEC).join(_maybe_broadcast(moved, n_overflow), on=id_col)
+            fixed = materialize(fixed.join(tail.map(rows).select(id_col, *later), on=id_col))
+        fixed = fixed.select(id_col, CODE, *[F.col(c).alias("_new" + c) for c in later])
+        s = s.join(_maybe_broadcast(fixed, n_overflow), on=id_col, how="left")
+        code = F.coalesce(F.col(CODE), F.col(first))
+        cols = [F.coalesce(F.col("_new" + c), F.col(c)).alias(c) for c in later]
+    done = [F.col(_c(lvl)) for lvl in range(level)]
+    out = materialize(s.select(id_col, HASH, *done, code.alias(_c(level)), *cols))
     stats.setdefault("seconds", []).append(time.perf_counter() - started)
     return out
 
@@ -194,39 +328,45 @@ def local_repair_rows(k: int, dim: int) -> int:
 
 
 def local_repair(overflow: DataFrame, id_col: str, lv: "_Level", prices: np.ndarray, free: np.ndarray,
-                 max_rounds: int, cols) -> DataFrame:
+                 max_rounds: int, tail: Optional[_Chain] = None) -> DataFrame:
     """The overflow rows (at most local_repair_rows of them) placed by the repair rounds in one task: the rows are
     ordered by (id hash, id), so the result does not depend on how they arrived; applicants are ranked by (cost,
     id hash, id) as in the distributed rounds, and the same slot fallback follows `max_rounds` rounds. Returns
-    `cols` + _code for every overflow row."""
-    schema = T.StructType([overflow.schema[id_col], T.StructField(CODE, T.IntegerType(), False)])
+    (id, _code) for every overflow row, plus `tail`'s chain columns (the later levels from the placed code's
+    residual) when given."""
+    fields = [overflow.schema[id_col], T.StructField(CODE, T.IntegerType(), False)]
+    schema = T.StructType(fields + (tail.fields() if tail is not None else []))
     adj_prices = torch.from_numpy(np.asarray(prices, np.float64))
     room = np.asarray(free, np.int64)
 
     def setup(dev):
-        return lv.setup(dev), []
+        return lv.setup(dev), [], (tail.setup(dev) if tail is not None else None)
 
     def kernel(ctx, x, batch):
-        cbs, store = ctx
+        cbs, store, _ = ctx
         store.append((lv.residual(cbs, x, batch).cpu(), batch.column(batch.schema.get_field_index(id_col)),
                       batch.column(batch.schema.get_field_index(HASH)).to_numpy()))
         return None
 
     def finish(ctx):
-        cbs, store = ctx
+        cbs, store, tail_ctx = ctx
         if not store:
             return None
         r = torch.cat([s[0] for s in store])
         ids = pa.concat_arrays([s[1] for s in store])
         hashes = np.concatenate([s[2] for s in store])
         order = np.lexsort((np.arange(len(hashes)), ids.to_numpy(zero_copy_only=False), hashes))
-        adj = km.distances(r[torch.from_numpy(order)], cbs[-1].cpu(), block_rows=lv.block_rows).to(torch.float64)
+        r = r[torch.from_numpy(order)]
+        adj = km.distances(r, cbs[-1].cpu(), block_rows=lv.block_rows).to(torch.float64)
         codes, _ = bal.repair(adj + adj_prices, hashes[order], room, max_rounds)
-        return {id_col: ids.take(pa.array(order)), CODE: codes}
+        out = {id_col: ids.take(pa.array(order)), CODE: codes}
+        if tail is not None:
+            r -= cbs[-1].cpu()[torch.as_tensor(np.asarray(codes, np.int64))]
+            out.update({k: v.cpu() for k, v in tail.from_residual(tail_ctx, r.to(cbs[-1].device)).items()})
+        return out
 
-    placed = map_blocks(overflow.repartition(1), schema, kernel, dim=lv.dim, setup=setup, device=lv.device,
-                        finish=finish)
-    return overflow.select(*cols).join(placed, on=id_col)
+    return map_blocks(overflow.repartition(1), schema, kernel, dim=lv.dim, setup=setup, device=lv.device,
+                      finish=finish)
 
 
 def slot_fallback(overflow: DataFrame, free: np.ndarray, cols, id_col: str) -> DataFrame:
@@ -251,25 +391,36 @@ def greedy_level(rows: DataFrame, lv: _Level) -> DataFrame:
     return materialize(lv.map(rows, rows.schema, kernel))
 
 
-def encode_balanced(valid: DataFrame, model, stats: Optional[dict] = None) -> DataFrame:
+def encode_balanced(valid: DataFrame, model, stats: Optional[dict] = None, chained: bool = False,
+                    n: Optional[int] = None) -> DataFrame:
     """(id, sid) for every row of `valid` (id, _vec, _id_hash), with exact capacities at every balanced level.
-    model: an `encode.Quantizer` (reach it through `encode.encode_valid`)."""
+    model: an `encode.Quantizer` (reach it through `encode.encode_valid`).
+
+    chained: `valid` already holds the chain columns (chained_rows) and reads a materialized table (the encode
+    command computes them in its one read of the input); else one pass over the vectors computes and materializes
+    them here. n: the number of rows of `valid`, when the caller has counted them.
+
+    Full passes over the vectors: that one. Per balanced level: a ranking over (id, hash, first choice, regret) and,
+    for the overflow rows only, the repair and their later levels' chain columns."""
     stats = {} if stats is None else stats
     cfg = model.config
     id_col = cfg.id_col
-    rows = materialize(valid.select(id_col, HASH, VEC, F.array().cast(T.ArrayType(T.IntegerType())).alias(CODES)))
-    n = rows.count()
-    k = max(int(c.shape[0]) for c in model.codebooks)
-    if n < k:
-        from ..errors import InputError
-
-        raise InputError(f"N < K: {n} valid items cannot fill codebook_size={k} codes with balance=exact")
-    for level in range(model.levels):
-        lv = _Level(model.codebooks, level, model.dim, cfg.block_rows, cfg.device)
-        if cfg.balance_for(level) == "exact":
-            nxt = balance_level(rows, id_col, lv, model.prices[level], n, cfg.balance_repair_rounds, stats)
-        else:
-            nxt = greedy_level(rows, lv)
-        rows = nxt
+    chain = _Chain(model)
+    t = valid if chained else materialize(chain.map(valid.select(id_col, HASH, VEC)))
+    chain_cols = [f.name for f in chain.fields()]
+    s = materialize(t.select(id_col, HASH, *chain_cols))
+    n = s.count() if n is None else n
     stats["n_items"] = n
-    return rows.select(id_col, F.col(CODES).alias(cfg.sid_col))
+    stats["passes"] = [1] + [0] * (model.levels - 1)
+    for level in range(model.levels):
+        k = int(model.codebooks[level].shape[0])
+        if chain.exact[level] and n < k:
+            from ..errors import InputError
+
+            raise InputError(f"N < K: {n} valid items cannot fill codebook_size={k} codes with balance=exact")
+    for level in range(model.levels):
+        if chain.exact[level]:
+            s = balance_level(t, s, id_col, model, level, n, stats)
+        else:
+            s = s.withColumnRenamed(_f(level), _c(level)).drop(_g(level))
+    return s.select(id_col, F.array(*[F.col(_c(lvl)) for lvl in range(model.levels)]).alias(cfg.sid_col))

@@ -20,6 +20,7 @@ and Python's). Anything else — tables that are not plain Parquet paths, ml Vec
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from typing import Iterator, Optional
 from urllib.parse import unquote
 
@@ -77,42 +78,84 @@ def parquet_files(spark: SparkSession, df: DataFrame, id_col: str, vec_col: str)
     return files
 
 
-def direct_encoded(spark: SparkSession, df: DataFrame, q, id_col: str, vec_col: str, files: list):
-    """A function `write(path)` that runs the pass and writes the narrow encoded table of `df`'s files (the same
-    rows and schema as the JVM path's), or None when a file is too big for the direct read."""
-    from .quantize import checked_rows_encoder
-
-    cfg = q.config
+def _binary_files(spark: SparkSession, files: list) -> Optional[DataFrame]:
+    """The files as binaryFile rows (path, content), or None when one is too big for the direct read."""
     bins = spark.read.format("binaryFile").load(files)
     biggest = bins.agg(F.max("length")).first()[0]  # driver-ok: one row; reads no file's content
     if biggest is not None and biggest > DIRECT_MAX_FILE_BYTES:
         log.info("direct Parquet read skipped: a file holds %d bytes (> %d); the JVM path reads the vectors",
                  biggest, DIRECT_MAX_FILE_BYTES)
         return None
+    return bins.select("path", "content")
+
+
+def _checked_schema(id_field: T.StructField) -> T.StructType:
+    return T.StructType([id_field, T.StructField(VEC, T.ArrayType(T.FloatType()), True),
+                         T.StructField(REASON, T.StringType(), True), T.StructField(FP, T.LongType(), False),
+                         T.StructField(LEN, T.IntegerType(), True), T.StructField(FILE, T.StringType(), False)])
+
+
+@contextmanager
+def one_file_per_batch(spark: SparkSession):
+    """While a direct-read job runs: one file's bytes per Arrow batch into Python (the default would send up to
+    10,000 files in one)."""
+    before = spark.conf.get(ARROW_BATCH_CONF, None)
+    spark.conf.set(ARROW_BATCH_CONF, "1")
+    try:
+        yield
+    finally:
+        if before is None:
+            spark.conf.unset(ARROW_BATCH_CONF)
+        else:
+            spark.conf.set(ARROW_BATCH_CONF, before)
+
+
+def direct_checked(spark: SparkSession, df: DataFrame, id_col: str, vec_col: str, dim: int, files: list,
+                   stage=None) -> Optional[DataFrame]:
+    """The checked rows of `df`'s files (id, _vec, reason, fp, len, file: the JVM path's rows and schema, but a
+    rejected row keeps its vector), decoded in the executors; None when a file is too big. stage: a function
+    (checked schema) -> (schema, partition function) applied to the checked batches in the same task (the balanced
+    encode's chain pass). Run its job inside `one_file_per_batch`."""
+    bins = _binary_files(spark, files)
+    if bins is None:
+        return None
     id_field = df.schema[id_col]
-    checked_schema = T.StructType([id_field, T.StructField(VEC, T.ArrayType(T.FloatType()), True),
-                                   T.StructField(REASON, T.StringType(), True), T.StructField(FP, T.LongType(), False),
-                                   T.StructField(LEN, T.IntegerType(), True), T.StructField(FILE, T.StringType(), False)])
-    schema, encode = checked_rows_encoder(checked_schema, cfg.id_col, cfg.sid_col, REASON, q.state(), q.dim)
+    id_type = _arrow_type(id_field.dataType)
+    schema = _checked_schema(id_field)
+    then = None
+    if stage is not None:
+        schema, then = stage(schema)
+
+    def partition(batches: Iterator[pa.RecordBatch]):
+        checked = _decoded(batches, id_col, vec_col, dim, id_type)
+        return checked if then is None else then(checked)
+
+    return bins.mapInArrow(partition, schema)
+
+
+def direct_encoded(spark: SparkSession, df: DataFrame, q, id_col: str, vec_col: str, files: list):
+    """A function `write(path)` that runs the pass and writes the narrow encoded table of `df`'s files (the same
+    rows and schema as the JVM path's), or None when a file is too big for the direct read."""
+    from .quantize import checked_rows_encoder
+
+    cfg = q.config
+    bins = _binary_files(spark, files)
+    if bins is None:
+        return None
+    id_field = df.schema[id_col]
+    schema, encode = checked_rows_encoder(_checked_schema(id_field), cfg.id_col, cfg.sid_col, REASON, q.state(),
+                                          q.dim)
     id_type = _arrow_type(id_field.dataType)
     dim = q.dim
 
     def partition(batches: Iterator[pa.RecordBatch]):
         return encode(_decoded(batches, id_col, vec_col, dim, id_type))
 
-    out = bins.select("path", "content").mapInArrow(partition, schema)
+    out = bins.mapInArrow(partition, schema)
 
     def write(path: str) -> None:
-        # One file's bytes per Arrow batch into Python (the default would send up to 10,000 files in one).
-        before = spark.conf.get(ARROW_BATCH_CONF, None)
-        spark.conf.set(ARROW_BATCH_CONF, "1")
-        try:
+        with one_file_per_batch(spark):
             out.write.parquet(path)
-        finally:
-            if before is None:
-                spark.conf.unset(ARROW_BATCH_CONF)
-            else:
-                spark.conf.set(ARROW_BATCH_CONF, before)
 
     return write
 

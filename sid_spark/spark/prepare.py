@@ -97,7 +97,7 @@ def prepare(df: DataFrame, cfg: TokenizerConfig, dim: Optional[int] = None) -> P
 BROADCAST_DUPLICATES = 1_000_000
 
 
-def _drop_duplicate_ids(clean: DataFrame, id_col: str):
+def _drop_duplicate_ids(clean: DataFrame, id_col: str, fp: Optional[str] = None):
     """(rows with one copy per id, rejects for the other copies, number of rows kept).
 
     Identical copies collapse to one (the others are rejected as duplicate_id); differing copies are all
@@ -105,9 +105,9 @@ def _drop_duplicate_ids(clean: DataFrame, id_col: str):
     hash) only, never the vectors; the usual case, no duplicated id, costs that one small aggregation and leaves
     the valid rows a narrow transformation of the input, so every later pass reads it without a shuffle.
     """
+    vh = F.xxhash64(VEC) if fp is None else F.col(fp)  # fp: a column already holding xxhash64(_vec)
     per_id = (clean.groupBy(id_col)
-              .agg(F.count(F.lit(1)).alias("_n"), F.min(F.xxhash64(VEC)).alias("_vmin"),
-                   F.max(F.xxhash64(VEC)).alias("_vmax")))
+              .agg(F.count(F.lit(1)).alias("_n"), F.min(vh).alias("_vmin"), F.max(vh).alias("_vmax")))
     same = F.col("_vmin") == F.col("_vmax")
     # One aggregation counts both the duplicated ids and the rows kept (one per id whose copies agree), so
     # training needs no extra pass over the vectors to know N.

@@ -59,26 +59,15 @@ def write_encoded(spark: SparkSession, q: Quantizer, df: DataFrame, output: str,
                   generation: Optional[str] = None) -> dict:
     """Encode `df` and commit SIDs + rejects + fingerprints + manifest (with the accounting) atomically to `output`.
 
-    Without a balanced level this is one pass over the vectors (sid_spark.spark.single_pass); a balanced level needs
-    the valid, de-duplicated rows first (its capacities depend on N), so it goes through prepare."""
-    from .single_pass import write_greedy
+    Both routes read the input once (sid_spark.spark.single_pass): without a balanced level that pass encodes; with
+    one, it materializes the checked rows, since the capacities depend on the valid, de-duplicated N."""
+    from .single_pass import write_balanced, write_greedy
 
     t0 = time.time()
-    cfg = q.config
 
     def write(staging: str) -> dict:
-        if q.balanced:
-            prepared = prepare(df, cfg, dim=q.dim)  # once: SIDs, rejects and fingerprints share it
-            encode_valid(prepared.valid, q).write.parquet(staging)
-            prepared.rejects.write.parquet(f"{staging}/{REJECTS}")
-            fingerprints(prepared.valid, cfg.id_col).write.parquet(f"{staging}/{FINGERPRINTS}")
-            n_in = prepared.n_read
-            n_sids = spark.read.parquet(staging).count()
-            n_rej = spark.read.parquet(f"{staging}/{REJECTS}").count()
-            read = "spark"
-        else:
-            n_in, n_sids, n_rej, read = write_greedy(spark, q, df, staging, f"{staging}/{REJECTS}",
-                                                     f"{staging}/{FINGERPRINTS}")
+        run = write_balanced if q.balanced else write_greedy
+        n_in, n_sids, n_rej, read = run(spark, q, df, staging, f"{staging}/{REJECTS}", f"{staging}/{FINGERPRINTS}")
         check_read_balance(n_in, n_sids, n_rej)
         return {**table_manifest(q), "items_read": n_in, "items_encoded": n_sids, "items_rejected": n_rej,
                 "encode_seconds": time.time() - t0, "generation": generation, "vector_read": read}

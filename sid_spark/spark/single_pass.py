@@ -6,17 +6,23 @@ rows, and writes that narrow table (id, sid, reason, hash, length, file: tens of
 directory. Everything else — the structure check, duplicate ids, the SID, rejects and fingerprint tables — is an
 aggregation over that small table. Identical copies of an id carry the same SID (a row's codes depend on its vector
 alone), so collapsing duplicates after encoding gives exactly what collapsing them before would.
+
+A balanced encode (write_balanced) needs its rows de-duplicated before encoding (capacities depend on N), so its one
+read of the input materializes the checked rows with their vectors (the same reasons, hashes, lengths and files);
+the structure check, duplicates, rejects and fingerprints come from that table, and the balanced levels
+(sid_spark.spark.balance) start from its valid rows.
 """
 from __future__ import annotations
 
 import logging
+import time
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ..errors import InputError
 from .sid_table import FP
-from .prepare import FILE, VEC, check_structure, duplicate_rejects, row_reason
+from .prepare import FILE, HASH, VEC, _drop_duplicate_ids, check_structure, duplicate_rejects, item_hash, row_reason
 from .encode import Quantizer, encode_valid
 from .vectors import float_array_column
 
@@ -82,6 +88,55 @@ def write_greedy(spark: SparkSession, model: Quantizer, df: DataFrame, staging: 
     n_sids = spark.read.parquet(staging).count()
     n_rej = spark.read.parquet(rejects).count()
     return n_read, n_sids, n_rej, ("parquet_direct" if write_direct is not None else "spark")
+
+
+def _jvm_checked(df: DataFrame, id_col: str, vec_col: str, dim: int) -> DataFrame:
+    """(id, _vec or null for a rejected row, reason, fp, len, file) through Spark's reader and SQL."""
+    rows = df.select(F.col(id_col), float_array_column(df, vec_col).alias(VEC), F.input_file_name().alias(FILE))
+    return (rows.withColumn(REASON, row_reason(id_col, dim))
+            .select(id_col, F.when(F.col(REASON).isNull(), F.col(VEC)).alias(VEC), REASON,
+                    F.xxhash64(VEC).alias(FP), F.size(VEC).alias(LEN), FILE))
+
+
+def write_balanced(spark: SparkSession, model: Quantizer, df: DataFrame, staging: str, rejects: str,
+                   fingerprints: str) -> tuple:
+    """write_greedy's contract for a model with a balanced level: the input is read once (directly for plain
+    Parquet, else by Spark), into a materialized table of checked rows; everything else reads that table."""
+    from ..storage import materialize
+    from .balance import _Chain, encode_balanced
+    from .parquet_direct import direct_checked, one_file_per_batch, parquet_files
+
+    cfg = model.config
+    id_col = cfg.id_col
+    if id_col not in df.columns:
+        raise InputError(f"id column '{id_col}' not found (columns: {', '.join(df.columns)})")
+    chain = _Chain(model)
+    checked = None
+    files = parquet_files(spark, df, id_col, cfg.vector_col)
+    if files is not None:
+        checked = direct_checked(spark, df, id_col, cfg.vector_col, model.dim, files,
+                                 stage=lambda schema: chain.partition(schema, REASON))
+    route = "parquet_direct" if checked is not None else "spark"
+    if checked is None:
+        checked = chain.map(_jvm_checked(df, id_col, cfg.vector_col, model.dim), REASON)
+    else:
+        log.info("reading the vectors of %d Parquet file(s) directly in the executors", len(files))
+    started = time.perf_counter()
+    with one_file_per_batch(spark):
+        checked = materialize(checked)
+    n_read, _ = check_structure(checked, F.col(LEN))
+    chain_cols = [f.name for f in chain.fields()]
+    ok = checked.where(F.col(REASON).isNull()).select(id_col, VEC, FP, *chain_cols)
+    valid, dup_rejects, n_valid = _drop_duplicate_ids(ok, id_col, fp=FP)
+    log.info("read, checked and chained %d rows (%.0f s): %d valid and distinct, the rest rejected", n_read,
+             time.perf_counter() - started, n_valid)
+    valid = valid.withColumn(HASH, item_hash(id_col, cfg.seed))
+    encode_balanced(valid, model, chained=True, n=n_valid).write.parquet(staging)
+    checked.where(F.col(REASON).isNotNull()).select(id_col, REASON).unionByName(dup_rejects).write.parquet(rejects)
+    valid.select(id_col, FP).write.parquet(fingerprints)
+    n_sids = spark.read.parquet(staging).count()
+    n_rej = spark.read.parquet(rejects).count()
+    return n_read, n_sids, n_rej, route
 
 
 def _delete(spark: SparkSession, path: str) -> None:
