@@ -41,6 +41,7 @@ from ..storage import materialize
 from ..kernels import kmeans as km
 from .prepare import HASH, VEC
 from .runner import block_partition, code_matrix, map_blocks
+from .vectors import pack_vectors
 
 log = logging.getLogger("sid_spark.balance")
 
@@ -195,15 +196,34 @@ class _Chain:
                 r -= cbs[lvl][first]
         return out
 
-    def partition(self, rows_schema: T.StructType, reason_col: Optional[str] = None) -> tuple:
+    def partition(self, rows_schema: T.StructType, reason_col: Optional[str] = None, packed: bool = False) -> tuple:
         """(schema, partition function) adding this chain's columns to rows of `rows_schema` (with _vec; rows whose
-        reason_col is set get nulls), for a caller that makes its own batches (the direct Parquet read)."""
+        reason_col is set get nulls), for a caller that makes its own batches (the direct Parquet read).
+        packed: _vec leaves as binary (vectors.pack_vectors; null for a rejected row), which the JVM takes in one
+        copy per row, for the table the balanced levels cache and read their few rows from."""
         schema = T.StructType(rows_schema.fields + self.fields())
-        return schema, block_partition(schema, self.kernel, dim=self.dim, setup=self.setup, device=self.device,
-                                       reason_col=reason_col)
+        inner = block_partition(schema, self.kernel, dim=self.dim, setup=self.setup, device=self.device,
+                                reason_col=reason_col)
+        if not packed:
+            return schema, inner
+        out_schema = T.StructType([T.StructField(VEC, T.BinaryType(), True) if f.name == VEC else f
+                                   for f in schema.fields])
+        dim = self.dim
 
-    def map(self, rows: DataFrame, reason_col: Optional[str] = None) -> DataFrame:
-        schema, fn = self.partition(rows.schema, reason_col)
+        def partition(batches):
+            for b in inner(batches):
+                vec = b.column(b.schema.get_field_index(VEC))
+                keep = vec.is_valid().to_numpy(zero_copy_only=False)
+                if reason_col is not None:
+                    keep &= b.column(b.schema.get_field_index(reason_col)).is_null().to_numpy(zero_copy_only=False)
+                cols = [pack_vectors(vec, keep, dim) if name == VEC else b.column(i)
+                        for i, name in enumerate(b.schema.names)]
+                yield pa.RecordBatch.from_arrays(cols, names=b.schema.names)
+
+        return out_schema, partition
+
+    def map(self, rows: DataFrame, reason_col: Optional[str] = None, packed: bool = False) -> DataFrame:
+        schema, fn = self.partition(rows.schema, reason_col, packed)
         return rows.mapInArrow(fn, schema)
 
 
@@ -406,7 +426,7 @@ def encode_balanced(valid: DataFrame, model, stats: Optional[dict] = None, chain
     cfg = model.config
     id_col = cfg.id_col
     chain = _Chain(model)
-    t = valid if chained else materialize(chain.map(valid.select(id_col, HASH, VEC)))
+    t = valid if chained else materialize(chain.map(valid.select(id_col, HASH, VEC), packed=True))
     chain_cols = [f.name for f in chain.fields()]
     s = materialize(t.select(id_col, HASH, *chain_cols))
     n = s.count() if n is None else n

@@ -115,10 +115,10 @@ def write_balanced(spark: SparkSession, model: Quantizer, df: DataFrame, staging
     files = parquet_files(spark, df, id_col, cfg.vector_col)
     if files is not None:
         checked = direct_checked(spark, df, id_col, cfg.vector_col, model.dim, files,
-                                 stage=lambda schema: chain.partition(schema, REASON))
+                                 stage=lambda schema: chain.partition(schema, REASON, packed=True))
     route = "parquet_direct" if checked is not None else "spark"
     if checked is None:
-        checked = chain.map(_jvm_checked(df, id_col, cfg.vector_col, model.dim), REASON)
+        checked = chain.map(_jvm_checked(df, id_col, cfg.vector_col, model.dim), REASON, packed=True)
     else:
         log.info("reading the vectors of %d Parquet file(s) directly in the executors", len(files))
     started = time.perf_counter()
