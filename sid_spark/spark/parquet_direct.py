@@ -139,19 +139,11 @@ def direct_encoded(spark: SparkSession, df: DataFrame, q, id_col: str, vec_col: 
     from .quantize import checked_rows_encoder
 
     cfg = q.config
-    bins = _binary_files(spark, files)
-    if bins is None:
+    out = direct_checked(spark, df, id_col, vec_col, q.dim, files,
+                         stage=lambda schema: checked_rows_encoder(schema, cfg.id_col, cfg.sid_col, REASON, q.state(),
+                                                                   q.dim))
+    if out is None:
         return None
-    id_field = df.schema[id_col]
-    schema, encode = checked_rows_encoder(_checked_schema(id_field), cfg.id_col, cfg.sid_col, REASON, q.state(),
-                                          q.dim)
-    id_type = _arrow_type(id_field.dataType)
-    dim = q.dim
-
-    def partition(batches: Iterator[pa.RecordBatch]):
-        return encode(_decoded(batches, id_col, vec_col, dim, id_type))
-
-    out = bins.mapInArrow(partition, schema)
 
     def write(path: str) -> None:
         with one_file_per_batch(spark):

@@ -56,12 +56,8 @@ def write_greedy(spark: SparkSession, model: Quantizer, df: DataFrame, staging: 
         log.info("reading the vectors of %d Parquet file(s) directly in the executors", len(files))
         write_direct(encoded_path)
     else:
-        rows = df.select(F.col(id_col), float_array_column(df, cfg.vector_col).alias(VEC),
-                         F.input_file_name().alias(FILE))
-        checked = (rows.withColumn(REASON, row_reason(id_col, model.dim))
-                   .select(id_col, F.when(F.col(REASON).isNull(), F.col(VEC)).alias(VEC), REASON,
-                           F.xxhash64(VEC).alias(FP), F.size(VEC).alias(LEN), FILE))
-        encode_valid(checked, model, reason_col=REASON).write.parquet(encoded_path)
+        encode_valid(_jvm_checked(df, id_col, cfg.vector_col, model.dim), model, reason_col=REASON) \
+            .write.parquet(encoded_path)
     encoded = spark.read.parquet(encoded_path)
     n_read, _ = check_structure(encoded, F.col(LEN))
 
