@@ -322,8 +322,8 @@ def balance_level(t: DataFrame, s: DataFrame, id_col: str, model, level: int, n:
         # Every overflow row has exactly one repaired code, never its first choice (that code is full); every other
         # row keeps its first choice, and its chain columns of the later levels. Joins with the overflow are
         # broadcast ones while it is small.
-        fixed = materialize(fixed)
         if later and not with_tails:
+            fixed = materialize(fixed)  # read twice below
             moved = prefix.join(fixed, on=id_col).select(
                 id_col, F.concat(CODES, F.array(F.col(CODE))).alias(CODES))
             rows = t.select(id_col, VEC).join(_maybe_broadcast(moved, n_overflow), on=id_col)
@@ -333,7 +333,9 @@ def balance_level(t: DataFrame, s: DataFrame, id_col: str, model, level: int, n:
         code = F.coalesce(F.col(CODE), F.col(first))
         cols = [F.coalesce(F.col("_new" + c), F.col(c)).alias(c) for c in later]
     done = [F.col(_c(lvl)) for lvl in range(level)]
-    out = materialize(s.select(id_col, HASH, *done, code.alias(_c(level)), *cols))
+    out = s.select(id_col, HASH, *done, code.alias(_c(level)), *cols)
+    if later:
+        out = materialize(out)  # the next level reads it several times; the last level's goes to its one writer
     stats.setdefault("seconds", []).append(time.perf_counter() - started)
     return out
 
