@@ -323,6 +323,23 @@ def use_checkpoint_dir(spark, path: Optional[str]) -> None:
     getattr(sc._jsc.sc(), "checkpointDir_$eq")(none)
 
 
+def materialize_with(df, action):
+    """(materialize(df), action(it)): `action` is a job that reads every row (an aggregation the caller needs, e.g.
+    per-code counts), and that job computes and keeps the rows: one job instead of materialize's and the action's
+    (with a reliable checkpoint, the write from the cache follows it, as in materialize)."""
+    if not checkpoint_dir(df.sparkSession):
+        cut = df.localCheckpoint(eager=False)
+        return cut, action(cut)
+    from pyspark import StorageLevel
+
+    cached = df.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        result = action(cached)
+        return cached.checkpoint(eager=True), result
+    finally:
+        cached.unpersist()
+
+
 def materialize(df, eager: bool = True):
     """Compute `df` once and cut its lineage: a reliable checkpoint when `checkpoint_dir` has a folder (a lost
     executor then costs a recomputation of the tasks, not the job), else a local one. Every cut of the balanced,

@@ -37,7 +37,7 @@ from ..kernels import balance as bal
 from ..progress import Progress, geometric_steps_left
 # Each level and repair round builds on the previous ones: without a cut the logical plan grows with every round
 # (its string alone exhausted the driver heap in a 3-level test). materialize: reliable inside a command.
-from ..storage import materialize
+from ..storage import materialize, materialize_with
 from ..kernels import kmeans as km
 from .prepare import HASH, VEC
 from .runner import block_partition, code_matrix, map_blocks
@@ -154,11 +154,15 @@ class _Chain:
     def __init__(self, model, start: int = 0):
         cfg = model.config
         self.levels = model.levels
-        self.exact = [cfg.balance_for(lvl) == "exact" for lvl in range(self.levels)]
+        self.exact = self.exact_levels(model)
         self.codebooks = [np.ascontiguousarray(c) for c in model.codebooks]
         self.prices = [None if not e else np.zeros(c.shape[0], np.float32) if p is None else
                        np.asarray(p, np.float32) for c, p, e in zip(self.codebooks, model.prices, self.exact)]
         self.start, self.dim, self.block_rows, self.device = start, model.dim, cfg.block_rows, cfg.device
+
+    @staticmethod
+    def exact_levels(model) -> List[bool]:
+        return [model.config.balance_for(lvl) == "exact" for lvl in range(model.levels)]
 
     def fields(self) -> list:
         out = []
@@ -238,11 +242,25 @@ def _prefix(s: DataFrame, id_col: str, level: int) -> DataFrame:
     return s.select(id_col, codes.cast(T.ArrayType(T.IntegerType())).alias(CODES))
 
 
-def balance_level(t: DataFrame, s: DataFrame, id_col: str, model, level: int, n: int, stats: dict) -> DataFrame:
+def _next_exact(exact: List[bool], level: int) -> Optional[int]:
+    return next((lvl for lvl in range(level + 1, len(exact)) if exact[lvl]), None)
+
+
+def _cut_counting(df: DataFrame, level: Optional[int], k: int) -> tuple:
+    """(df materialized, the per-code counts of its _first<level>) in one job; df as it is, None without a level."""
+    if level is None:
+        return df, None
+    return materialize_with(df, lambda cut: _code_counts(cut, _f(level), k))
+
+
+def balance_level(t: DataFrame, s: DataFrame, id_col: str, model, level: int, n: int, stats: dict,
+                  counts: np.ndarray) -> tuple:
     """One balanced level over the narrow table `s` (id, _id_hash, final codes of the earlier levels, chain columns
-    of this and the later levels); `t` (id, _id_hash, _vec) gives the vectors of the few rows the repair needs.
-    Returns `s` with this level's exactly balanced code (_code<level>) and the later levels' chain columns updated
-    for the rows the repair moved."""
+    of this and the later levels) whose first choices at this level are `counts` (K-sized); `t` (id, _id_hash,
+    _vec) gives the vectors of the few rows the repair needs.
+    Returns (`s` with this level's exactly balanced code (_code<level>) and the later levels' chain columns updated
+    for the rows the repair moved, materialized when a balanced level follows; that level's first-choice counts,
+    from the same job, or None)."""
     spark = s.sparkSession
     started = time.perf_counter()
     cfg = model.config
@@ -252,7 +270,6 @@ def balance_level(t: DataFrame, s: DataFrame, id_col: str, model, level: int, n:
     prices = model.prices[level]
     prices = np.zeros(k, np.float32) if prices is None else np.asarray(prices, np.float32)
     first = _f(level)
-    counts = _code_counts(s, first, k)
     caps = bal.capacities(n, k, counts)
     base_cols = [id_col, HASH, VEC, CODES]
     free = caps - np.minimum(counts, caps)
@@ -334,10 +351,12 @@ def balance_level(t: DataFrame, s: DataFrame, id_col: str, model, level: int, n:
         cols = [F.coalesce(F.col("_new" + c), F.col(c)).alias(c) for c in later]
     done = [F.col(_c(lvl)) for lvl in range(level)]
     out = s.select(id_col, HASH, *done, code.alias(_c(level)), *cols)
-    if later:
-        out = materialize(out)  # the next level reads it several times; the last level's goes to its one writer
+    # The next balanced level reads it several times, starting with its first-choice counts (the job that computes
+    # it); after the last one, it goes to its one writer.
+    nxt = _next_exact(_Chain.exact_levels(model), level)
+    out, nxt_counts = _cut_counting(out, nxt, 0 if nxt is None else int(model.codebooks[nxt].shape[0]))
     stats.setdefault("seconds", []).append(time.perf_counter() - started)
-    return out
+    return out, nxt_counts
 
 
 # Overflow rows the repair places in one task once that few remain: their distances to every code (float64 with the
@@ -430,8 +449,11 @@ def encode_balanced(valid: DataFrame, model, stats: Optional[dict] = None, chain
     chain = _Chain(model)
     t = valid if chained else materialize(chain.map(valid.select(id_col, HASH, VEC), packed=True))
     chain_cols = [f.name for f in chain.fields()]
-    s = materialize(t.select(id_col, HASH, *chain_cols))
-    n = s.count() if n is None else n
+    first = _next_exact(chain.exact, -1)
+    k0 = 0 if first is None else int(model.codebooks[first].shape[0])
+    s, counts = _cut_counting(t.select(id_col, HASH, *chain_cols), first, k0)
+    if n is None:
+        n = s.count() if counts is None else int(counts.sum())
     stats["n_items"] = n
     stats["passes"] = [1] + [0] * (model.levels - 1)
     for level in range(model.levels):
@@ -442,7 +464,7 @@ def encode_balanced(valid: DataFrame, model, stats: Optional[dict] = None, chain
             raise InputError(f"N < K: {n} valid items cannot fill codebook_size={k} codes with balance=exact")
     for level in range(model.levels):
         if chain.exact[level]:
-            s = balance_level(t, s, id_col, model, level, n, stats)
+            s, counts = balance_level(t, s, id_col, model, level, n, stats, counts)
         else:
             s = s.withColumnRenamed(_f(level), _c(level)).drop(_g(level))
     return s.select(id_col, F.array(*[F.col(_c(lvl)) for lvl in range(model.levels)]).alias(cfg.sid_col))
