@@ -340,6 +340,21 @@ def materialize_with(df, action):
         cached.unpersist()
 
 
+def cache_with(df, action):
+    """(df persisted, action(it)) in one job: for a table whose lineage is one read of the input and a map, so
+    recomputing a lost executor's partitions costs only those tasks and a cut (a reliable checkpoint would write
+    every row once more) buys nothing. `action` reads every row (an aggregation the caller needs); the caller
+    unpersists the table when done (on an error in `action`, it is unpersisted here)."""
+    from pyspark import StorageLevel
+
+    cached = df.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        return cached, action(cached)
+    except BaseException:
+        cached.unpersist()
+        raise
+
+
 def materialize(df, eager: bool = True):
     """Compute `df` once and cut its lineage: a reliable checkpoint when `checkpoint_dir` has a folder (a lost
     executor then costs a recomputation of the tasks, not the job), else a local one. Every cut of the balanced,

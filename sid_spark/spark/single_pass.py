@@ -8,7 +8,7 @@ aggregation over that small table. Identical copies of an id carry the same SID 
 alone), so collapsing duplicates after encoding gives exactly what collapsing them before would.
 
 A balanced encode (write_balanced) needs its rows de-duplicated before encoding (capacities depend on N), so its one
-read of the input materializes the checked rows with their vectors (the same reasons, hashes, lengths and files);
+read of the input caches the checked rows with their vectors (the same reasons, hashes, lengths and files);
 the structure check, duplicates, rejects and fingerprints come from that table, and the balanced levels
 (sid_spark.spark.balance) start from its valid rows.
 """
@@ -97,8 +97,8 @@ def _jvm_checked(df: DataFrame, id_col: str, vec_col: str, dim: int) -> DataFram
 def write_balanced(spark: SparkSession, model: Quantizer, df: DataFrame, staging: str, rejects: str,
                    fingerprints: str) -> tuple:
     """write_greedy's contract for a model with a balanced level: the input is read once (directly for plain
-    Parquet, else by Spark), into a materialized table of checked rows; everything else reads that table."""
-    from ..storage import materialize
+    Parquet, else by Spark), into a cached table of checked rows; everything else reads that table."""
+    from ..storage import cache_with
     from .balance import _Chain, encode_balanced
     from .parquet_direct import direct_checked, one_file_per_batch, parquet_files
 
@@ -118,18 +118,23 @@ def write_balanced(spark: SparkSession, model: Quantizer, df: DataFrame, staging
     else:
         log.info("reading the vectors of %d Parquet file(s) directly in the executors", len(files))
     started = time.perf_counter()
+    # The checked rows are cached, not checkpointed: their lineage is the read and the chain map, so a lost
+    # executor costs a recomputation of its partitions; the job that computes them is the structure check's.
     with one_file_per_batch(spark):
-        checked = materialize(checked)
-    n_read, _ = check_structure(checked, F.col(LEN))
-    chain_cols = [f.name for f in chain.fields()]
-    ok = checked.where(F.col(REASON).isNull()).select(id_col, VEC, FP, *chain_cols)
-    valid, dup_rejects, n_valid = _drop_duplicate_ids(ok, id_col, fp=FP)
-    log.info("read, checked and chained %d rows (%.0f s): %d valid and distinct, the rest rejected", n_read,
-             time.perf_counter() - started, n_valid)
-    valid = valid.withColumn(HASH, item_hash(id_col, cfg.seed))
-    encode_balanced(valid, model, chained=True, n=n_valid).write.parquet(staging)
-    checked.where(F.col(REASON).isNotNull()).select(id_col, REASON).unionByName(dup_rejects).write.parquet(rejects)
-    valid.select(id_col, FP).write.parquet(fingerprints)
+        checked, (n_read, _) = cache_with(checked, lambda rows: check_structure(rows, F.col(LEN)))
+    try:
+        chain_cols = [f.name for f in chain.fields()]
+        ok = checked.where(F.col(REASON).isNull()).select(id_col, VEC, FP, *chain_cols)
+        valid, dup_rejects, n_valid = _drop_duplicate_ids(ok, id_col, fp=FP)
+        log.info("read, checked and chained %d rows (%.0f s): %d valid and distinct, the rest rejected", n_read,
+                 time.perf_counter() - started, n_valid)
+        valid = valid.withColumn(HASH, item_hash(id_col, cfg.seed))
+        encode_balanced(valid, model, chained=True, n=n_valid).write.parquet(staging)
+        checked.where(F.col(REASON).isNotNull()).select(id_col, REASON).unionByName(dup_rejects) \
+            .write.parquet(rejects)
+        valid.select(id_col, FP).write.parquet(fingerprints)
+    finally:
+        checked.unpersist()
     n_sids = spark.read.parquet(staging).count()
     n_rej = spark.read.parquet(rejects).count()
     return n_read, n_sids, n_rej, route
