@@ -433,13 +433,15 @@ def greedy_level(rows: DataFrame, lv: _Level) -> DataFrame:
 
 
 def encode_balanced(valid: DataFrame, model, stats: Optional[dict] = None, chained: bool = False,
-                    n: Optional[int] = None) -> DataFrame:
+                    n: Optional[int] = None, narrow: bool = False) -> DataFrame:
     """(id, sid) for every row of `valid` (id, _vec, _id_hash), with exact capacities at every balanced level.
     model: an `encode.Quantizer` (reach it through `encode.encode_valid`).
 
     chained: `valid` already holds the chain columns (chained_rows) and reads a materialized table (the encode
     command computes them in its one read of the input); else one pass over the vectors computes and materializes
-    them here. n: the number of rows of `valid`, when the caller has counted them.
+    them here. n: the number of rows of `valid`, when the caller has counted them. narrow (with chained): `valid` is
+    a filter and projection of a cached table (no shuffle in its lineage), so the first level reads its columns
+    from that cache, with no cut of its own.
 
     Full passes over the vectors: that one. Per balanced level: a ranking over (id, hash, first choice, regret) and,
     for the overflow rows only, the repair and their later levels' chain columns."""
@@ -451,7 +453,11 @@ def encode_balanced(valid: DataFrame, model, stats: Optional[dict] = None, chain
     chain_cols = [f.name for f in chain.fields()]
     first = _next_exact(chain.exact, -1)
     k0 = 0 if first is None else int(model.codebooks[first].shape[0])
-    s, counts = _cut_counting(t.select(id_col, HASH, *chain_cols), first, k0)
+    s = t.select(id_col, HASH, *chain_cols)
+    if chained and narrow:
+        counts = None if first is None else _code_counts(s, _f(first), k0)
+    else:
+        s, counts = _cut_counting(s, first, k0)
     if n is None:
         n = s.count() if counts is None else int(counts.sum())
     stats["n_items"] = n

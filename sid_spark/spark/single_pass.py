@@ -126,10 +126,11 @@ def write_balanced(spark: SparkSession, model: Quantizer, df: DataFrame, staging
         chain_cols = [f.name for f in chain.fields()]
         ok = checked.where(F.col(REASON).isNull()).select(id_col, VEC, FP, *chain_cols)
         valid, dup_rejects, n_valid = _drop_duplicate_ids(ok, id_col, fp=FP)
+        narrow = valid is ok  # no duplicated id: the valid rows are a filter of the cached ones
         log.info("read, checked and chained %d rows (%.0f s): %d valid and distinct, the rest rejected", n_read,
                  time.perf_counter() - started, n_valid)
         valid = valid.withColumn(HASH, item_hash(id_col, cfg.seed))
-        encode_balanced(valid, model, chained=True, n=n_valid).write.parquet(staging)
+        encode_balanced(valid, model, chained=True, n=n_valid, narrow=narrow).write.parquet(staging)
         checked.where(F.col(REASON).isNotNull()).select(id_col, REASON).unionByName(dup_rejects) \
             .write.parquet(rejects)
         valid.select(id_col, FP).write.parquet(fingerprints)
