@@ -3,7 +3,8 @@ one worker is SIGKILLed with its executor and Python workers. Spark re-runs the 
 the dead executor held) on the survivor; the job must complete and its SIDs must equal a clean run's, row for row.
 
 - greedy `encode`: killed once its first write tasks have committed;
-- balanced `encode` and `dedup` (reassign): killed once their first reliable checkpoint is on disk. Before issue 13
+- balanced `encode`: killed at its second reliable checkpoint (level 2's ranking), once the cached tables of the
+  checked rows and of level 2 are built; `dedup` (reassign): at its first reliable checkpoint. Before issue 13
   these paths cut their lineage with local checkpoints, blocks that die with the executor (the job then failed
   with "Checkpoint block ... not found"); now `storage.materialize` checkpoints beside the output's staging folder.
 """
@@ -146,15 +147,17 @@ def test_balanced_encode_survives_a_lost_worker_with_the_clean_sids(spark, spark
                                                                      tmp_path):
     model_path = tmp_path / "model"
     df = spark.read.parquet(str(small_catalog))
-    # Level 1 balanced (the kill comes there, at its first checkpoint), level 2 greedy: half the jobs of two.
-    ResidualKMeansTokenizer(levels=2, codebookSize=8, seed=4, balance=["exact", "none"], max_iter=2).fit(df) \
+    # Two balanced levels; the kill comes at level 2's ranking checkpoint (the second one), after the level-2 table
+    # (persisted, not checkpointed) was cached: the lost executor's blocks of it and of the checked rows are
+    # recomputed from their lineage.
+    ResidualKMeansTokenizer(levels=2, codebookSize=8, seed=4, balance="exact", max_iter=2).fit(df) \
         .save(str(model_path))
     out = tmp_path / "sids"
     submit_and_kill_worker(
         spark_cluster, [str(shipped), "--conf", "spark.sql.shuffle.partitions=8", str(ROOT / "jobs" / "encode.py"),
                         "--config", "conf/encode.yaml", "--input", str(small_catalog), "--model", str(model_path),
                         "--output", str(out)],
-        lambda: checkpointed_rdds(tmp_path, "sids") >= 1, "balanced-encode-lost-worker")
+        lambda: checkpointed_rdds(tmp_path, "sids") >= 2, "balanced-encode-lost-worker")
     manifest = json.loads((out / "_manifest.json").read_text())
     assert (manifest["items_read"], manifest["items_encoded"]) == (SMALL_N, SMALL_N)
     assert staging_left(tmp_path) == []  # the checkpoints went with the staging folder

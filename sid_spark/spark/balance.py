@@ -37,7 +37,7 @@ from ..kernels import balance as bal
 from ..progress import Progress, geometric_steps_left
 # Each level and repair round builds on the previous ones: without a cut the logical plan grows with every round
 # (its string alone exhausted the driver heap in a 3-level test). materialize: reliable inside a command.
-from ..storage import materialize, materialize_with
+from ..storage import cache_with, materialize, materialize_with
 from ..kernels import kmeans as km
 from .prepare import HASH, VEC
 from .runner import block_partition, code_matrix, map_blocks
@@ -246,15 +246,22 @@ def _next_exact(exact: List[bool], level: int) -> Optional[int]:
     return next((lvl for lvl in range(level + 1, len(exact)) if exact[lvl]), None)
 
 
-def _cut_counting(df: DataFrame, level: Optional[int], k: int) -> tuple:
-    """(df materialized, the per-code counts of its _first<level>) in one job; df as it is, None without a level."""
+def _cut_counting(df: DataFrame, level: Optional[int], k: int, cached: Optional[list] = None) -> tuple:
+    """(df materialized, the per-code counts of its _first<level>) in one job; df as it is, None without a level.
+    cached: a list given by a caller that unpersists its tables after its writes; df is then persisted (and added
+    to it) instead of checkpointed: its lineage (the cached table before, a broadcast join) recomputes a lost
+    executor's partitions cheaply, and a reliable checkpoint would write every row once more."""
     if level is None:
         return df, None
+    if cached is not None:
+        df, counts = cache_with(df, lambda rows: _code_counts(rows, _f(level), k))
+        cached.append(df)
+        return df, counts
     return materialize_with(df, lambda cut: _code_counts(cut, _f(level), k))
 
 
 def balance_level(t: DataFrame, s: DataFrame, id_col: str, model, level: int, n: int, stats: dict,
-                  counts: np.ndarray) -> tuple:
+                  counts: np.ndarray, cached: Optional[list] = None) -> tuple:
     """One balanced level over the narrow table `s` (id, _id_hash, final codes of the earlier levels, chain columns
     of this and the later levels) whose first choices at this level are `counts` (K-sized); `t` (id, _id_hash,
     _vec) gives the vectors of the few rows the repair needs.
@@ -354,7 +361,7 @@ def balance_level(t: DataFrame, s: DataFrame, id_col: str, model, level: int, n:
     # The next balanced level reads it several times, starting with its first-choice counts (the job that computes
     # it); after the last one, it goes to its one writer.
     nxt = _next_exact(_Chain.exact_levels(model), level)
-    out, nxt_counts = _cut_counting(out, nxt, 0 if nxt is None else int(model.codebooks[nxt].shape[0]))
+    out, nxt_counts = _cut_counting(out, nxt, 0 if nxt is None else int(model.codebooks[nxt].shape[0]), cached)
     stats.setdefault("seconds", []).append(time.perf_counter() - started)
     return out, nxt_counts
 
@@ -433,7 +440,7 @@ def greedy_level(rows: DataFrame, lv: _Level) -> DataFrame:
 
 
 def encode_balanced(valid: DataFrame, model, stats: Optional[dict] = None, chained: bool = False,
-                    n: Optional[int] = None, narrow: bool = False) -> DataFrame:
+                    n: Optional[int] = None, narrow: bool = False, cached: Optional[list] = None) -> DataFrame:
     """(id, sid) for every row of `valid` (id, _vec, _id_hash), with exact capacities at every balanced level.
     model: an `encode.Quantizer` (reach it through `encode.encode_valid`).
 
@@ -441,7 +448,8 @@ def encode_balanced(valid: DataFrame, model, stats: Optional[dict] = None, chain
     command computes them in its one read of the input); else one pass over the vectors computes and materializes
     them here. n: the number of rows of `valid`, when the caller has counted them. narrow (with chained): `valid` is
     a filter and projection of a cached table (no shuffle in its lineage), so the first level reads its columns
-    from that cache, with no cut of its own.
+    from that cache, with no cut of its own. cached (with chained): a list that gets the narrow per-level tables,
+    persisted instead of checkpointed; the caller unpersists them once it has written the result.
 
     Full passes over the vectors: that one. Per balanced level: a ranking over (id, hash, first choice, regret) and,
     for the overflow rows only, the repair and their later levels' chain columns."""
@@ -457,7 +465,7 @@ def encode_balanced(valid: DataFrame, model, stats: Optional[dict] = None, chain
     if chained and narrow:
         counts = None if first is None else _code_counts(s, _f(first), k0)
     else:
-        s, counts = _cut_counting(s, first, k0)
+        s, counts = _cut_counting(s, first, k0, cached if chained else None)
     if n is None:
         n = s.count() if counts is None else int(counts.sum())
     stats["n_items"] = n
@@ -470,7 +478,7 @@ def encode_balanced(valid: DataFrame, model, stats: Optional[dict] = None, chain
             raise InputError(f"N < K: {n} valid items cannot fill codebook_size={k} codes with balance=exact")
     for level in range(model.levels):
         if chain.exact[level]:
-            s, counts = balance_level(t, s, id_col, model, level, n, stats, counts)
+            s, counts = balance_level(t, s, id_col, model, level, n, stats, counts, cached if chained else None)
         else:
             s = s.withColumnRenamed(_f(level), _c(level)).drop(_g(level))
     return s.select(id_col, F.array(*[F.col(_c(lvl)) for lvl in range(model.levels)]).alias(cfg.sid_col))

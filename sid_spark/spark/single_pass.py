@@ -122,6 +122,7 @@ def write_balanced(spark: SparkSession, model: Quantizer, df: DataFrame, staging
     # executor costs a recomputation of its partitions; the job that computes them is the structure check's.
     with one_file_per_batch(spark):
         checked, (n_read, _) = cache_with(checked, lambda rows: check_structure(rows, F.col(LEN)))
+    levels: list = []  # the balanced levels' narrow tables, cached like the checked rows
     try:
         chain_cols = [f.name for f in chain.fields()]
         ok = checked.where(F.col(REASON).isNull()).select(id_col, VEC, FP, *chain_cols)
@@ -130,11 +131,13 @@ def write_balanced(spark: SparkSession, model: Quantizer, df: DataFrame, staging
         log.info("read, checked and chained %d rows (%.0f s): %d valid and distinct, the rest rejected", n_read,
                  time.perf_counter() - started, n_valid)
         valid = valid.withColumn(HASH, item_hash(id_col, cfg.seed))
-        encode_balanced(valid, model, chained=True, n=n_valid, narrow=narrow).write.parquet(staging)
+        encode_balanced(valid, model, chained=True, n=n_valid, narrow=narrow, cached=levels).write.parquet(staging)
         checked.where(F.col(REASON).isNotNull()).select(id_col, REASON).unionByName(dup_rejects) \
             .write.parquet(rejects)
         valid.select(id_col, FP).write.parquet(fingerprints)
     finally:
+        for table in levels:
+            table.unpersist()
         checked.unpersist()
     n_sids = spark.read.parquet(staging).count()
     n_rej = spark.read.parquet(rejects).count()
