@@ -116,3 +116,52 @@ def test_per_level_sizes_and_exact_balance_at_k_1024(large_k):
 def test_large_k_sids_do_not_depend_on_partitioning(spark, large_k):
     x, model, sids = large_k
     assert model.encode(make_df(spark, x, partitions=5)).sids.orderBy("item_id").collect() == sids
+
+
+def test_tree_reduce_sums_in_partition_order_at_every_fanout(spark):
+    """The executors' tree: groups of `fanout` consecutive partitions, level after level, added in partition order
+    (a non-commutative `add` shows the order), one blob to the driver."""
+    from sid_spark.spark.batches import tree_reduce
+
+    blobs = spark.sparkContext.parallelize([str(i).encode() for i in range(40)], 40)
+    want = ",".join(str(i) for i in range(40)).encode()
+    for fanout in (2, 3, 16, 64):
+        assert tree_reduce(blobs, lambda a, b: a + b"," + b, fanout) == want
+
+
+def test_training_statistics_summed_on_the_driver_equal_the_tree(spark):
+    """A mini-batch's few small blobs are summed on the driver (one stage, no shuffle); the executors' tree gives
+    the same statistics to the last bit."""
+    import pandas as pd
+
+    from sid_spark.spark.batches import DIRECT_SUM_BYTES, batched_sample
+    from sid_spark.spark.quantize import LevelStats, stats_blob_bytes
+
+    n, d, k = 2000, 8, 64
+    x = np.random.default_rng(7).standard_normal((n, d)).astype(np.float32)
+    pdf = pd.DataFrame({"_vec": list(x), "_u": (np.arange(n) + 0.5) / n})
+    batched = batched_sample(spark.createDataFrame(pdf).repartition(3), "_u", n, n // 2, d)
+    cb = torch.from_numpy(x[:k].copy())
+
+    def partition(arrays):
+        from sid_spark.spark.quantize import matrix_stats
+
+        acc = LevelStats.zeros(k, d)
+        for block in arrays:
+            acc = acc + matrix_stats(torch.from_numpy(block), [], [], cb, None, 4096)
+        yield acc.to_bytes()
+
+    def add(a, b):
+        return (LevelStats.from_bytes(a) + LevelStats.from_bytes(b)).to_bytes()
+
+    try:
+        assert batched.slots * stats_blob_bytes(k, d) <= DIRECT_SUM_BYTES
+        for batch in range(batched.n_batches):
+            direct = LevelStats.from_bytes(batched.reduce(batch, partition, add, 16, stats_blob_bytes(k, d)))
+            tree = LevelStats.from_bytes(batched.reduce(batch, partition, add, 16))
+            assert direct.rows == tree.rows == sum(batched.part_rows[batch * batched.slots:(batch + 1) * batched.slots])
+            np.testing.assert_array_equal(direct.counts, tree.counts)
+            np.testing.assert_array_equal(direct.sums, tree.sums)
+            assert direct.sse == tree.sse
+    finally:
+        batched.unpersist()

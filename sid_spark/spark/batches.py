@@ -23,6 +23,10 @@ from .prepare import VEC
 from .vectors import arrow_matrix
 
 _KEY = "_part"
+# A mini-batch's blobs are summed on the driver, in slot order, when all of them together take at most this many
+# bytes (one stage and no shuffle: a few slots at moderate K, where the tree's extra stage is most of an
+# iteration's cost); larger, they are summed on the executors (tree_reduce). Either way the same left-to-right sum.
+DIRECT_SUM_BYTES = 16 << 20
 
 
 @dataclass
@@ -46,9 +50,17 @@ class BatchedSample:
         no task for the other batches' partitions, so a reduction over it runs on this batch's data only)."""
         return pruned(self.rdd, self.partitions(batch))
 
-    def reduce(self, batch: int, func: Callable, add: Callable, fanout: int = 16):
-        """func(iterator of (m, d) arrays) -> one bytes blob per partition of `batch`, summed on the executors by
-        `add(bytes, bytes) -> bytes` (see tree_reduce): the driver receives one blob, whatever `slots` is."""
+    def reduce(self, batch: int, func: Callable, add: Callable, fanout: int = 16, blob_bytes: Optional[int] = None):
+        """func(iterator of (m, d) arrays) -> one bytes blob per partition of `batch`, summed by
+        `add(bytes, bytes) -> bytes` in slot order. On the executors (tree_reduce: the driver receives one blob,
+        whatever `slots` is), unless `blob_bytes` (an upper bound on one blob) says that all of them fit in
+        DIRECT_SUM_BYTES and slots <= fanout: then the driver sums them as they come from one job, the same
+        left-to-right sum the tree's one group would do."""
+        if blob_bytes is not None and self.slots <= fanout and self.slots * blob_bytes <= DIRECT_SUM_BYTES:
+            total = None
+            for blob in self.run(batch, func):  # driver-ok: at most DIRECT_SUM_BYTES of K-sized blobs
+                total = blob if total is None else add(total, blob)
+            return total
         return tree_reduce(self.batch_rdd(batch).mapPartitions(func), add, fanout)
 
     def head(self, m: int) -> np.ndarray:

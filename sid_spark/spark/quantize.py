@@ -168,6 +168,12 @@ def matrix_stats(x: torch.Tensor, cbs, prs, cb: torch.Tensor, pr: Optional[torch
     return LevelStats(counts.cpu().numpy(), sums.cpu().numpy(), sse, x.shape[0])
 
 
+def stats_blob_bytes(k: int, dim: int) -> int:
+    """Upper bound on LevelStats.to_bytes() of K codes at dimension dim: dense sums, counts, live codes, prices and
+    the npz container's headers."""
+    return 8 * k * (dim + 3) + 4096
+
+
 def batch_stats(batched, batch: int, state: QuantizerState, level_codebook: np.ndarray,
                 level_prices: Optional[np.ndarray], dim: int, pricing: Optional[SlotPricing] = None) -> LevelStats:
     """level_stats over one mini-batch of a BatchedSample (numpy blocks of its cached partitions, not Arrow
@@ -199,10 +205,11 @@ def batch_stats(batched, batch: int, state: QuantizerState, level_codebook: np.n
     def add(a: bytes, b: bytes) -> bytes:
         return (LevelStats.from_bytes(a) + LevelStats.from_bytes(b)).to_bytes()
 
-    # Summed on the executors, in slot order: one K x d blob reaches the driver whatever `slots` is. The fan-in
-    # keeps a combining task within ~1 GiB of blobs (8 K d bytes each).
+    # Summed in slot order, on the executors unless the slots' blobs fit in batches.DIRECT_SUM_BYTES together: one
+    # K x d blob reaches the driver whatever `slots` is. The fan-in keeps a combining task within ~1 GiB of blobs
+    # (8 K d bytes each).
     fanout = int(max(2, min(64, (1 << 30) // max(1, 8 * k * (dim + 1)))))
-    blob = batched.reduce(batch, partition, add, fanout)
+    blob = batched.reduce(batch, partition, add, fanout, blob_bytes=stats_blob_bytes(k, dim))
     return LevelStats.zeros(k, dim) if blob is None else LevelStats.from_bytes(blob)
 
 

@@ -15,7 +15,7 @@ from ..errors import InputError
 from ..kernels import kmeans as km
 from ..progress import Progress
 from .prepare import HASH, VEC, Prepared
-from .batches import BatchedSample, batched_sample
+from .batches import DIRECT_SUM_BYTES, BatchedSample, batched_sample
 from .quantize import QuantizerState, SlotPricing, batch_stats
 
 log = logging.getLogger("sid_spark.train")
@@ -95,6 +95,8 @@ def driver_memory_bytes(cfg: TokenizerConfig, dim: int, n_sample: int = 1 << 62)
     + 8 * K * (d + 1) * 6               one level's statistics as they arrive and are decoded (blob, arrays),
                                         float64 centroids and the update's temporaries
     + 8 * K * 8                         counts, seen, prices and per-code history
+    + batches.DIRECT_SUM_BYTES          a mini-batch's blobs, when they are few and small enough to be summed on
+                                        the driver (16 MiB; otherwise the executors sum them)
 
     with K = max(K_l): linear in K and d, independent of the catalog size N and of the number of executors
     (the statistics arrive as one reduced blob per iteration). n_sample caps m for a small sample.
@@ -102,7 +104,8 @@ def driver_memory_bytes(cfg: TokenizerConfig, dim: int, n_sample: int = 1 << 62)
     k_max, k_sum = max(cfg.codebook_sizes), sum(cfg.codebook_sizes)
     m = seeding_rows(cfg, n_sample)
     trials = 1 if k_max > LARGE_K else 2 + int(np.log(k_max))
-    return (4 * k_sum * (dim + 1) + m * dim * 16 + 8 * m * (trials + 3) + 48 * k_max * (dim + 1) + 64 * k_max)
+    return (4 * k_sum * (dim + 1) + m * dim * 16 + 8 * m * (trials + 3) + 48 * k_max * (dim + 1) + 64 * k_max
+            + DIRECT_SUM_BYTES)
 
 
 def init_rows(batched: BatchedSample, m: int) -> np.ndarray:
