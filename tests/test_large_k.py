@@ -165,3 +165,20 @@ def test_training_statistics_summed_on_the_driver_equal_the_tree(spark):
             assert direct.sse == tree.sse
     finally:
         batched.unpersist()
+
+
+def test_partition_keys_land_on_their_partition_under_spark_hash_partitioning(spark):
+    """The mini-batch cut's keys: Spark's own hash partitioning (a DataFrame repartition) sends key p to partition p."""
+    from pyspark.sql import functions as F
+
+    from sid_spark.spark.batches import partition_keys, spark_hash_int
+
+    v = np.r_[np.arange(-500, 3000, 7), [2 ** 31 - 1, -2 ** 31]].astype(np.int32)
+    got = [r[0] for r in spark.createDataFrame([(int(a),) for a in v], "v int").select(F.hash("v")).collect()]
+    np.testing.assert_array_equal(np.array(got, np.int32), spark_hash_int(v))
+    n = 37
+    keys = partition_keys(n)
+    assert keys.dtype == np.int32 and len(set(keys.tolist())) == n
+    df = spark.createDataFrame([(int(k), p) for p, k in enumerate(keys)], "k int, p int").repartition(n, "k")
+    landed = df.rdd.mapPartitionsWithIndex(lambda i, rows: ((i, r.p) for r in rows)).collect()
+    assert sorted(landed) == [(p, p) for p in range(n)]

@@ -5,6 +5,8 @@ sample and convert the batch's rows to Arrow again in every iteration; instead t
 ``n_batches x slots`` RDD partitions, partition ``b * slots + j`` holding slot j of mini-batch b as one (m, d) float32
 array (rows in hash order), and an iteration runs only its batch's ``slots`` partitions with ``SparkContext.runJob``.
 A row's batch and slot come from its id hash alone, so the batches do not depend on the input's partitioning.
+The shuffle is a DataFrame repartition of per-partition chunks (raw float32 bytes) keyed so that Spark's hash
+partitioning puts each on its own partition (partition_keys): the SQL engine's shuffle, not Python-pickled records.
 """
 from __future__ import annotations
 
@@ -100,8 +102,11 @@ def batched_sample(sample: DataFrame, unit_col: str, expected_rows: int, batch_s
     key = F.least(F.floor(F.col(unit_col) * n_parts).cast("int"), F.lit(n_parts - 1))
     rows = sample.select(key.alias(_KEY), F.col(unit_col), VEC)
 
+    hash_keys = partition_keys(n_parts)
+
     def chunks(batches):
-        """Per input partition: one (key, units, vectors) record per destination partition it feeds."""
+        """Per input partition: one (key, units, vectors) record per destination partition it feeds, the key the
+        one that Spark's hash partitioning sends to that partition (partition_keys)."""
         keys, units, mats = [], [], []
         for batch in batches:
             if batch.num_rows == 0:
@@ -117,16 +122,18 @@ def batched_sample(sample: DataFrame, unit_col: str, expected_rows: int, batch_s
         bounds = np.flatnonzero(np.diff(k)) + 1
         for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(k)]):
             yield pa.RecordBatch.from_arrays(
-                [pa.array([int(k[lo])], pa.int32()), pa.array([u[lo:hi].tobytes()], pa.binary()),
+                [pa.array([int(hash_keys[k[lo]])], pa.int32()), pa.array([u[lo:hi].tobytes()], pa.binary()),
                  pa.array([np.ascontiguousarray(x[lo:hi]).tobytes()], pa.binary())], ["k", "u", "x"])
 
     schema = T.StructType([T.StructField("k", T.IntegerType()), T.StructField("u", T.BinaryType()),
                            T.StructField("x", T.BinaryType())])
 
-    def assemble(records):
+    def assemble(part, records):
         """All chunks of one partition -> one array, rows in unit (hash) order whatever order the chunks came in."""
         units, mats = [], []
-        for _, (u, x) in records:
+        for key, u, x in records:
+            if key != hash_keys[part]:  # the shuffle did not partition as partition_keys assumes: never guess
+                raise RuntimeError(f"mini-batch chunk with key {key} reached partition {part} of {n_parts}")
             units.append(np.frombuffer(u, np.float64))
             mats.append(np.frombuffer(x, np.float32).reshape(-1, dim))
         if not mats:
@@ -135,13 +142,40 @@ def batched_sample(sample: DataFrame, unit_col: str, expected_rows: int, batch_s
         u, x = np.concatenate(units), np.concatenate(mats)
         yield np.ascontiguousarray(x[np.argsort(u, kind="stable")])
 
-    rdd = (rows.mapInArrow(chunks, schema).rdd
-           .map(lambda r: (r[0], (bytes(r[1]), bytes(r[2]))))
-           .partitionBy(n_parts, lambda k: k)
-           .mapPartitions(assemble, preservesPartitioning=True)
-           .persist(StorageLevel.MEMORY_AND_DISK))
+    # The shuffle is the SQL engine's (binary rows, no Python pickling on the way); an explicit partition count is
+    # never coalesced by adaptive execution, and assemble checks every chunk's destination anyway.
+    shuffled = rows.mapInArrow(chunks, schema).repartition(n_parts, "k").rdd
+    if shuffled.getNumPartitions() != n_parts:
+        raise RuntimeError(f"mini-batch shuffle gave {shuffled.getNumPartitions()} partitions, not {n_parts}")
+    rdd = shuffled.mapPartitionsWithIndex(assemble, preservesPartitioning=True).persist(StorageLevel.MEMORY_AND_DISK)
     part_rows = [int(v) for v in rdd.map(len).collect()]  # driver-ok: one count per partition
     return BatchedSample(rdd, n_batches, slots, int(sum(part_rows)), dim, part_rows)
+
+
+def spark_hash_int(values) -> np.ndarray:
+    """Spark's hash() of int values (Murmur3_x86_32.hashInt with seed 42, what hash partitioning uses), as int32."""
+    with np.errstate(over="ignore"):
+        k = np.asarray(values).astype(np.int64).astype(np.uint32) * np.uint32(0xCC9E2D51)
+        k = ((k << np.uint32(15)) | (k >> np.uint32(17))) * np.uint32(0x1B873593)
+        h = np.uint32(42) ^ k
+        h = ((h << np.uint32(13)) | (h >> np.uint32(19))) * np.uint32(5) + np.uint32(0xE6546B64)
+        h = h ^ np.uint32(4)  # the input's length in bytes
+        h = (h ^ (h >> np.uint32(16))) * np.uint32(0x85EBCA6B)
+        h = (h ^ (h >> np.uint32(13))) * np.uint32(0xC2B2AE35)
+        return (h ^ (h >> np.uint32(16))).view(np.int32)
+
+
+def partition_keys(n_parts: int) -> np.ndarray:
+    """(n_parts,) int32: for every partition p the smallest int v >= 0 that Spark's hash partitioning into n_parts
+    partitions, pmod(hash(v), n_parts), sends to p -- so a DataFrame repartition(n_parts, key) puts each chunk on
+    the partition of its (batch, slot)."""
+    need = max(64, int(n_parts * (math.log(n_parts + 1) + 8)))
+    while True:
+        dest = np.mod(spark_hash_int(np.arange(need)).astype(np.int64), n_parts)
+        found, first = np.unique(dest, return_index=True)
+        if len(found) == n_parts:
+            return first.astype(np.int32)  # np.unique sorts: found == arange(n_parts)
+        need *= 2
 
 
 def pruned(rdd: RDD, partitions: List[int]) -> RDD:
