@@ -151,14 +151,12 @@ def test_training_statistics_summed_on_the_driver_equal_the_tree(spark):
             acc = acc + matrix_stats(torch.from_numpy(block), [], [], cb, None, 4096)
         yield acc.to_bytes()
 
-    def add(a, b):
-        return (LevelStats.from_bytes(a) + LevelStats.from_bytes(b)).to_bytes()
-
     try:
         assert batched.slots * stats_blob_bytes(k, d) <= DIRECT_SUM_BYTES
         for batch in range(batched.n_batches):
-            direct = LevelStats.from_bytes(batched.reduce(batch, partition, add, 16, stats_blob_bytes(k, d)))
-            tree = LevelStats.from_bytes(batched.reduce(batch, partition, add, 16))
+            direct = LevelStats.from_bytes(batched.reduce(batch, partition, LevelStats.add_bytes, 16,
+                                                             stats_blob_bytes(k, d)))
+            tree = LevelStats.from_bytes(batched.reduce(batch, partition, LevelStats.add_bytes, 16))
             assert direct.rows == tree.rows == sum(batched.part_rows[batch * batched.slots:(batch + 1) * batched.slots])
             np.testing.assert_array_equal(direct.counts, tree.counts)
             np.testing.assert_array_equal(direct.sums, tree.sums)

@@ -74,6 +74,11 @@ class LevelStats:
         return buf.getvalue()
 
     @staticmethod
+    def add_bytes(a: bytes, b: bytes) -> bytes:
+        """The sum of two to_bytes() blobs, as a blob: the `add` of BatchedSample.reduce."""
+        return (LevelStats.from_bytes(a) + LevelStats.from_bytes(b)).to_bytes()
+
+    @staticmethod
     def from_bytes(blob: bytes) -> "LevelStats":
         z = np.load(io.BytesIO(blob))
         counts = z["counts"]
@@ -202,14 +207,11 @@ def batch_stats(batched, batch: int, state: QuantizerState, level_codebook: np.n
             acc = acc + st
         yield acc.to_bytes()
 
-    def add(a: bytes, b: bytes) -> bytes:
-        return (LevelStats.from_bytes(a) + LevelStats.from_bytes(b)).to_bytes()
-
     # Summed in slot order, on the executors unless the slots' blobs fit in batches.DIRECT_SUM_BYTES together: one
     # K x d blob reaches the driver whatever `slots` is. The fan-in keeps a combining task within ~1 GiB of blobs
     # (8 K d bytes each).
     fanout = int(max(2, min(64, (1 << 30) // max(1, 8 * k * (dim + 1)))))
-    blob = batched.reduce(batch, partition, add, fanout, blob_bytes=stats_blob_bytes(k, dim))
+    blob = batched.reduce(batch, partition, LevelStats.add_bytes, fanout, blob_bytes=stats_blob_bytes(k, dim))
     return LevelStats.zeros(k, dim) if blob is None else LevelStats.from_bytes(blob)
 
 

@@ -99,7 +99,8 @@ def driver_memory_bytes(cfg: TokenizerConfig, dim: int, n_sample: int = 1 << 62)
                                         the driver (16 MiB; otherwise the executors sum them)
 
     with K = max(K_l): linear in K and d, independent of the catalog size N and of the number of executors
-    (the statistics arrive as one reduced blob per iteration). n_sample caps m for a small sample.
+    (the statistics arrive as one reduced blob per iteration, or as at most
+    DIRECT_SUM_BYTES of slot blobs). n_sample caps m for a small sample.
     """
     k_max, k_sum = max(cfg.codebook_sizes), sum(cfg.codebook_sizes)
     m = seeding_rows(cfg, n_sample)
