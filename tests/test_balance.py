@@ -127,6 +127,27 @@ def test_executor_prices_balance_every_slot_of_a_training_batch(spark):
     assert (price_rows(8192, 10 ** 6, 256), price_rows(16384, 10 ** 6, 64), price_rows(256, 10 ** 6, 4096),
             price_rows(256, 10 ** 6, 128)) == (2048, 1024, 4096, 8192)
 
+def test_a_balanced_slot_holds_the_rows_of_one_solve_whatever_the_parallelism(spark):
+    """slot_count: the cluster's parallelism, fewer when each slot must hold slot_rows of the batch (a balanced level
+    prices each slot on its own rows); batched_sample cuts each batch into that many slots."""
+    from sid_spark.spark.batches import batched_sample, slot_count
+
+    assert [slot_count(12101, 2, 8192), slot_count(65536, 2, 8192), slot_count(65536, 800, 8192),
+            slot_count(65536, 800, 2048), slot_count(100, 4), slot_count(100, 4, 1000), slot_count(0, 0, 10)] == \
+        [1, 2, 8, 32, 4, 1, 1]
+    n = 1600
+    x = skewed(n, 8, seed=4)
+    pdf = __import__("pandas").DataFrame({"_vec": list(x), "_u": (np.arange(n) + 0.5) / n})
+    df = spark.createDataFrame(pdf).repartition(3)
+    for slot_rows, want in ((None, spark.sparkContext.defaultParallelism), (500, 1), (300, 2)):
+        batched = batched_sample(df, "_u", n, n // 2, 8, slot_rows)  # 2 batches of 800 rows
+        try:
+            assert (batched.n_batches, batched.slots) == (2, min(want, spark.sparkContext.defaultParallelism))
+            assert len(batched.part_rows) == 2 * batched.slots and batched.n_rows == n
+        finally:
+            batched.unpersist()
+
+
 @pytest.fixture(scope="module")
 def catalog(spark):
     x = numpy_catalog(1003, 8, seed=2, components=30)  # 1003 = 62*16 + 11: not divisible by K

@@ -89,15 +89,26 @@ class BatchedSample:
         self.rdd.unpersist()
 
 
-def batched_sample(sample: DataFrame, unit_col: str, expected_rows: int, batch_size: int, dim: int) -> BatchedSample:
+def slot_count(batch_rows: int, parallelism: int, slot_rows: Optional[int] = None) -> int:
+    """Slots (tasks) of one mini-batch: the cluster's parallelism, or fewer when `slot_rows` asks every slot to hold
+    at least that many of the batch's rows (a balanced level prices each slot on its own rows, so a slot of a few
+    rows per code would give noisy prices however many cores there are)."""
+    slots = max(1, parallelism)
+    if slot_rows:
+        slots = min(slots, max(1, batch_rows // max(1, slot_rows)))
+    return slots
+
+
+def batched_sample(sample: DataFrame, unit_col: str, expected_rows: int, batch_size: int, dim: int,
+                   slot_rows: Optional[int] = None) -> BatchedSample:
     """Cut `sample` (columns _vec and `unit_col`, a uniform [0, 1) hash) into mini-batches of ~batch_size rows
-    (their number from `expected_rows`, so it is known before the pass).
+    (their number from `expected_rows`, so it is known before the pass), each in slot_count() slots.
 
     Batch b holds the rows whose unit falls in [b / n_batches, (b + 1) / n_batches), so the first iterations see the
     same rows as a hash-range filter would. One pass over the sample plus one shuffle of its raw float32 bytes."""
     sc = sample.sparkSession.sparkContext
     n_batches = max(1, math.ceil(expected_rows / batch_size))
-    slots = max(1, sc.defaultParallelism)
+    slots = slot_count(expected_rows // n_batches, sc.defaultParallelism, slot_rows)
     n_parts = n_batches * slots
     key = F.least(F.floor(F.col(unit_col) * n_parts).cast("int"), F.lit(n_parts - 1))
     rows = sample.select(key.alias(_KEY), F.col(unit_col), VEC)

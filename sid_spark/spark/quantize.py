@@ -94,8 +94,11 @@ SLOT_PRICE_ENTRIES = 1 << 24
 # ... and at most this many rows per code: a slot's prices need a few dozen rows per code, and the solve's cost is
 # linear in its rows (Beauty: rel. error the same with 23 rows per code per slot as with all of them).
 SLOT_PRICE_ROWS_PER_CODE = 32
-# Scaling sweeps per epsilon of the solves inside the training loop (the final solve runs 20).
+# Scaling sweeps per epsilon of the solves inside the training loop, and of the final solve.
 TRAIN_SWEEPS = 10
+FINAL_SWEEPS = 20
+
+
 def price_rows(k: int, rows: int, dim: int = 1, final: bool = False) -> int:
     """Rows of a slot the Sinkhorn solve uses: all of them up to min(32 K, SLOT_PRICE_ENTRIES / max(K, d)) (8,192
     at K = 256; 2,048 at K = 8,192); the slot's first rows in hash order, so a sample of it. The final solve (once
@@ -124,7 +127,7 @@ class SlotPricing:
         k = cb.shape[0]
         dist = km.distances(r, cb, block_rows=block_rows)
         caps = torch.full((k,), r.shape[0] / k, dtype=torch.float32, device=r.device)
-        return sinkhorn_prices(dist, caps, 20 if self.final else TRAIN_SWEEPS, coarse=not self.final)[0]
+        return sinkhorn_prices(dist, caps, FINAL_SWEEPS if self.final else TRAIN_SWEEPS, coarse=not self.final)[0]
 
 
 

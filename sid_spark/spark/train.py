@@ -16,7 +16,7 @@ from ..kernels import kmeans as km
 from ..progress import Progress
 from .prepare import HASH, VEC, Prepared
 from .batches import DIRECT_SUM_BYTES, BatchedSample, batched_sample
-from .quantize import QuantizerState, SlotPricing, batch_stats
+from .quantize import QuantizerState, SlotPricing, batch_stats, price_rows
 
 log = logging.getLogger("sid_spark.train")
 
@@ -173,7 +173,10 @@ def train_residual_kmeans(prepared: Prepared, cfg: TokenizerConfig, balanced=Non
     `on_level(result)` is called after every level (checkpointing).
     """
     rows, n, expected = sample_rows(prepared, cfg)
-    batched = batched_sample(rows, UNIT, expected, cfg.batch_size, prepared.dim)
+    any_balanced = balanced is not None and any(balanced(level) for level in range(cfg.levels))
+    # A balanced level prices every slot on its own rows: a slot holds at least the rows one solve takes.
+    slot_rows = price_rows(max(cfg.codebook_sizes), expected, prepared.dim) if any_balanced else None
+    batched = batched_sample(rows, UNIT, expected, cfg.batch_size, prepared.dim, slot_rows)
     try:
         n_sample = batched.n_rows
         _check_sample(n_sample, cfg)
