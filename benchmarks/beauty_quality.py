@@ -64,6 +64,10 @@ def main():
     ap.add_argument("--skip-reference", action="store_true")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--modes", default="none,exact", help="balance modes to run, comma-separated")
+    ap.add_argument("--train-paths", default="auto",
+                    help="spark.sid_spark.trainInOneTask values to fit with, comma-separated (auto: each level in "
+                         "one task where the sample fits; false: one Spark job per iteration); the first one's "
+                         "model is encoded, the others' codebooks are compared with it")
     args = ap.parse_args()
     table = pq.read_table(DATA)
     ids = table.column("item_id").to_numpy()
@@ -82,17 +86,30 @@ def main():
     spark.sparkContext.setLogLevel("ERROR")
     df = spark.read.parquet(DATA)
     rels = {}
+    from sid_spark.spark.train import IN_TASK_CONF
+
     for balance in args.modes.split(","):
-        t = time.time()
-        model = ResidualKMeansTokenizer(levels=args.levels, codebookSize=args.codes, seed=args.seed,
-                                        balance=balance).fit(df)
-        fit_s = time.time() - t
-        rows = model.encode(df).sids.toPandas()  # benchmark only: 12k rows
-        order = np.argsort(rows["item_id"].to_numpy())
-        pos = np.searchsorted(ids[np.argsort(ids)], rows["item_id"].to_numpy()[order])
-        codes = np.stack(rows["sid"].to_numpy()[order])
-        xs = x[np.argsort(ids)][pos]
-        rels[balance] = describe(f"sid_spark balance={balance} ({fit_s:.0f}s)", codes, xs, model.codebooks, args.codes)
+        first = None
+        for path in args.train_paths.split(","):
+            spark.conf.set(IN_TASK_CONF, path)
+            t = time.time()
+            model = ResidualKMeansTokenizer(levels=args.levels, codebookSize=args.codes, seed=args.seed,
+                                            balance=balance).fit(df)
+            fit_s = time.time() - t
+            if first is not None:
+                same = all(np.array_equal(a, b) for a, b in zip(model.codebooks, first.codebooks))
+                print(f"  balance={balance} trainInOneTask={path}: fit {fit_s:.1f}s, codebooks "
+                      f"{'identical to' if same else 'DIFFERENT from'} the first path's", flush=True)
+                continue
+            first = model
+            rows = model.encode(df).sids.toPandas()  # benchmark only: 12k rows
+            order = np.argsort(rows["item_id"].to_numpy())
+            pos = np.searchsorted(ids[np.argsort(ids)], rows["item_id"].to_numpy()[order])
+            codes = np.stack(rows["sid"].to_numpy()[order])
+            xs = x[np.argsort(ids)][pos]
+            rels[balance] = describe(f"sid_spark balance={balance} trainInOneTask={path} ({fit_s:.1f}s)", codes, xs,
+                                     model.codebooks, args.codes)
+        spark.conf.unset(IN_TASK_CONF)
     if "none" in rels and ref_rel:
         print(f"ratio none/reference = {rels['none'] / ref_rel:.3f} (target <= 1.03)", flush=True)
     if "none" in rels and "exact" in rels:

@@ -182,6 +182,31 @@ def stats_blob_bytes(k: int, dim: int) -> int:
     return 8 * k * (dim + 3) + 4096
 
 
+def slot_stats(arrays, dev: torch.device, cbs, prs, cb: torch.Tensor, pr: Optional[torch.Tensor], dim: int,
+               block_rows: int, pricing: Optional[SlotPricing] = None) -> LevelStats:
+    """One slot's statistics (the slot's (m, d) float32 arrays): counts, sums and error of its rows' residuals
+    assigned to `cb` (+ prices `pr`). With `pricing` the slot first solves its own prices on its first
+    price_rows() rows and assigns under them (`pr` unused); the result carries them weighted by those rows. What a
+    task of batch_stats computes, and what a level trained in one task computes per slot (train.fit_level)."""
+    k = cb.shape[0]
+    acc = LevelStats.zeros(k, dim)
+    for block in arrays:
+        if not len(block):
+            continue
+        x = torch.from_numpy(block)
+        if pricing is None:
+            acc = acc + matrix_stats(x, cbs, prs, cb, pr, block_rows)
+            continue
+        m = price_rows(k, len(x), dim, final=pricing.final)
+        _, r = km.residual_encode(x[:m].to(dev), cbs, prs, block_rows)
+        p = pricing.solve(r, cb, block_rows)
+        del r
+        st = matrix_stats(x, cbs, prs, cb, km.as_tensor(p, dev), block_rows)
+        st.price_sum, st.price_rows = m * p.astype(np.float64), m
+        acc = acc + st
+    return acc
+
+
 def batch_stats(batched, batch: int, state: QuantizerState, level_codebook: np.ndarray,
                 level_prices: Optional[np.ndarray], dim: int, pricing: Optional[SlotPricing] = None) -> LevelStats:
     """level_stats over one mini-batch of a BatchedSample (numpy blocks of its cached partitions, not Arrow
@@ -193,22 +218,7 @@ def batch_stats(batched, batch: int, state: QuantizerState, level_codebook: np.n
 
     def partition(arrays):
         dev, (cbs, prs, cb, pr) = task_setup(state.device, setup)
-        acc = LevelStats.zeros(k, dim)
-        for block in arrays:
-            if not len(block):
-                continue
-            x = torch.from_numpy(block)
-            if pricing is None:
-                acc = acc + matrix_stats(x, cbs, prs, cb, pr, state.block_rows)
-                continue
-            m = price_rows(k, len(x), dim, final=pricing.final)
-            _, r = km.residual_encode(x[:m].to(dev), cbs, prs, state.block_rows)
-            p = pricing.solve(r, cb, state.block_rows)
-            del r
-            st = matrix_stats(x, cbs, prs, cb, km.as_tensor(p, dev), state.block_rows)
-            st.price_sum, st.price_rows = m * p.astype(np.float64), m
-            acc = acc + st
-        yield acc.to_bytes()
+        yield slot_stats(arrays, dev, cbs, prs, cb, pr, dim, state.block_rows, pricing).to_bytes()
 
     # Summed in slot order, on the executors unless the slots' blobs fit in batches.DIRECT_SUM_BYTES together: one
     # K x d blob reaches the driver whatever `slots` is. The fan-in keeps a combining task within ~1 GiB of blobs

@@ -114,30 +114,43 @@ def init_rows(batched: BatchedSample, m: int) -> np.ndarray:
     return batched.head(m)
 
 
-def train_level(batched: BatchedSample, frozen: QuantizerState, init_x: np.ndarray, cfg: TokenizerConfig,
-                level: int, dim: int, balanced: bool = False):
-    """Fit the codebook of `level` on residuals of the frozen levels.
+# A level is trained inside one task (train_in_one_task) when the whole sample takes at most this many bytes
+# (spark.sid_spark.trainInOneTaskMaxBytes) and one iteration at most TRAIN_IN_TASK_FLOPS floating-point operations
+# (about 0.3 s on one core): then the mini-batch loop costs its arithmetic alone, where one Spark job per iteration
+# costs ~0.3-0.5 s of scheduling and Python-worker round trips on top (the statistics of a small batch are
+# milliseconds). Larger samples or codebooks keep one job per iteration, spread over the cluster's cores.
+IN_TASK_CONF = "spark.sid_spark.trainInOneTask"  # auto (default) | false
+IN_TASK_BYTES_CONF = "spark.sid_spark.trainInOneTaskMaxBytes"
+TRAIN_IN_TASK_BYTES = 1 << 30
+TRAIN_IN_TASK_FLOPS = 2e10
 
-    A balanced level assigns by ``argmin ||r - c||^2 + p`` with prices every slot of the mini-batch solves for its
-    own rows inside the statistics job (quantize.SlotPricing: Sinkhorn on the executors), so each centre is the mean
-    of a balanced cluster; one more pass over the next mini-batch solves the final prices for the final centres. The driver holds K-sized prices only.
-    Returns (codebook, prices, history)."""
-    k = cfg.codebook_size_for(level)
-    rng = np.random.default_rng([cfg.seed, level])
-    cbs = [torch.from_numpy(c) for c in frozen.codebooks]
-    prs = [None if p is None else torch.from_numpy(p) for p in frozen.prices]
-    _, init_r = km.residual_encode(torch.from_numpy(init_x), cbs, prs, frozen.block_rows)
-    centroids = km.kmeans_pp(init_r, k, rng, trials=1 if k > LARGE_K else None)
-    del init_r
-    n_batches = batched.n_batches
+
+def iteration_flops(cfg: TokenizerConfig, batch_rows: int, dim: int) -> float:
+    """Floating-point operations of one mini-batch iteration at the deepest level: the batch's residuals through
+    every level (one GEMM per level, 2 K_l d flops a row)."""
+    return 2.0 * batch_rows * dim * sum(cfg.codebook_sizes)
+
+
+def train_in_one_task(spark, cfg: TokenizerConfig, n_rows: int, n_batches: int, dim: int) -> bool:
+    """Whether each level's mini-batch loop runs inside one task (see TRAIN_IN_TASK_BYTES)."""
+    mode = spark.conf.get(IN_TASK_CONF, "auto").strip().lower()
+    if mode in ("false", "off", "no"):
+        return False
+    max_bytes = int(spark.conf.get(IN_TASK_BYTES_CONF, str(TRAIN_IN_TASK_BYTES)))
+    batch_rows = -(-n_rows // max(1, n_batches))
+    return 4 * n_rows * dim <= max_bytes and iteration_flops(cfg, batch_rows, dim) <= TRAIN_IN_TASK_FLOPS
+
+
+def fit_level(stats, centroids: torch.Tensor, cfg: TokenizerConfig, k: int, n_batches: int, balanced: bool,
+              on_step=None):
+    """The mini-batch loop of one level, wherever it runs (the driver, one job per iteration; or one task):
+    `stats(batch, centroids (k, d) float32 numpy, prices, pricing) -> LevelStats` of one mini-batch. The same
+    updates in the same order either way, so both give the same codebook. Returns (codebook, prices, history)."""
     seen = torch.zeros(k, dtype=torch.int64)
     prices = None
     history = []
-    progress = Progress(log, f"train level {level + 1}/{cfg.levels}{' (balanced)' if balanced else ''}: iteration",
-                        cfg.max_iter, early_stop=True, after=cfg.max_iter * (cfg.levels - level - 1))
     for it in range(cfg.max_iter):
-        pricing = SlotPricing() if balanced else None
-        st = batch_stats(batched, it % n_batches, frozen, centroids.numpy(), prices, dim, pricing)
+        st = stats(it % n_batches, centroids.numpy(), prices, SlotPricing() if balanced else None)
         if balanced:
             prices = st.prices
         counts = torch.from_numpy(st.counts)
@@ -151,18 +164,87 @@ def train_level(batched: BatchedSample, frozen: QuantizerState, init_x: np.ndarr
         new, _, n_split = km.split_empty(new, dead)
         shift = km.centroid_shift(centroids, new)
         centroids = new
-        history.append({"level": level + 1, "iter": it + 1, "rows": st.rows, "mse": st.sse / max(st.rows, 1),
-                        "shift": shift, "split": n_split, "max_count": int(st.counts.max()),
-                        "min_count": int(st.counts.min())})
-        progress.step(it + 1, f"rows={st.rows} mse={st.sse / max(st.rows, 1):.6g} shift={shift:.3g} "
-                              f"split={n_split} codes {int(st.counts.min())}..{int(st.counts.max())}")
+        history.append({"iter": it + 1, "rows": st.rows, "mse": st.sse / max(st.rows, 1), "shift": shift,
+                        "split": n_split, "max_count": int(st.counts.max()), "min_count": int(st.counts.min())})
+        if on_step is not None:
+            on_step(history[-1])
         if shift < cfg.tol and n_split == 0 and (n_batches == 1 or it >= n_batches):
             break
     if balanced:
-        st = batch_stats(batched, (it + 1) % n_batches, frozen, centroids.numpy(), None, dim,
-                         SlotPricing(final=True))
-        prices = st.prices
+        prices = stats((it + 1) % n_batches, centroids.numpy(), None, SlotPricing(final=True)).prices
     return centroids.numpy(), prices, history
+
+
+def _fit_in_one_task(batched: BatchedSample, frozen: QuantizerState, centroids: torch.Tensor, cfg: TokenizerConfig,
+                     k: int, dim: int, balanced: bool):
+    """fit_level in one task that holds the whole cached sample: its partitions (batch b, slot j at b * slots + j)
+    are gathered by a coalesce, and each iteration sums its batch's slot statistics in slot order, as the driver
+    sums the blobs of batch_stats' job. One job per level; the driver receives the K-sized result."""
+    from .quantize import slot_stats
+    from .runner import task_setup
+
+    slots, n_batches = batched.slots, batched.n_batches
+    start = centroids.numpy()
+
+    def task(items):
+        parts = {}
+        for index, array in items:
+            parts.setdefault(index, []).append(array)
+        dev, (cbs, prs) = task_setup(frozen.device, frozen.tensors)
+
+        def stats(batch, level_codebook, level_prices, pricing):
+            cb = km.as_tensor(level_codebook, dev)
+            pr = None if (pricing is not None or level_prices is None) else km.as_tensor(level_prices, dev)
+            total = None
+            for j in range(slots):
+                st = slot_stats(parts.get(batch * slots + j, []), dev, cbs, prs, cb, pr, dim, frozen.block_rows,
+                                pricing)
+                total = st if total is None else total + st
+            return total
+
+        yield fit_level(stats, torch.from_numpy(start), cfg, k, n_batches, balanced)
+
+    tagged = batched.rdd.mapPartitionsWithIndex(lambda i, arrays: ((i, a) for a in arrays)).coalesce(1)
+    (result,) = tagged.mapPartitions(task).collect()  # driver-ok: one level's codebook, prices and history
+    return result
+
+
+def train_level(batched: BatchedSample, frozen: QuantizerState, init_x: np.ndarray, cfg: TokenizerConfig,
+                level: int, dim: int, balanced: bool = False, in_task: bool = False):
+    """Fit the codebook of `level` on residuals of the frozen levels.
+
+    A balanced level assigns by ``argmin ||r - c||^2 + p`` with prices every slot of the mini-batch solves for its
+    own rows inside the statistics job (quantize.SlotPricing: Sinkhorn on the executors), so each centre is the mean
+    of a balanced cluster; one more pass over the next mini-batch solves the final prices for the final centres.
+    The driver holds K-sized prices only. `in_task`: the whole loop runs in one task (train_in_one_task), with the
+    same result. Returns (codebook, prices, history)."""
+    k = cfg.codebook_size_for(level)
+    rng = np.random.default_rng([cfg.seed, level])
+    cbs = [torch.from_numpy(c) for c in frozen.codebooks]
+    prs = [None if p is None else torch.from_numpy(p) for p in frozen.prices]
+    _, init_r = km.residual_encode(torch.from_numpy(init_x), cbs, prs, frozen.block_rows)
+    centroids = km.kmeans_pp(init_r, k, rng, trials=1 if k > LARGE_K else None)
+    del init_r
+    what = f"train level {level + 1}/{cfg.levels}{' (balanced)' if balanced else ''}: iteration"
+    if in_task:
+        progress = Progress(log, what, cfg.max_iter)
+        codebook, prices, history = _fit_in_one_task(batched, frozen, centroids, cfg, k, dim, balanced)
+        last = history[-1]
+        progress.step(len(history), f"in one task; rows={last['rows']} mse={last['mse']:.6g} "
+                                    f"shift={last['shift']:.3g} codes {last['min_count']}..{last['max_count']}",
+                      steps_left=0)
+    else:
+        progress = Progress(log, what, cfg.max_iter, early_stop=True, after=cfg.max_iter * (cfg.levels - level - 1))
+
+        def on_step(h):
+            progress.step(h["iter"], f"rows={h['rows']} mse={h['mse']:.6g} shift={h['shift']:.3g} "
+                                     f"split={h['split']} codes {h['min_count']}..{h['max_count']}")
+
+        def stats(batch, level_codebook, level_prices, pricing):
+            return batch_stats(batched, batch, frozen, level_codebook, level_prices, dim, pricing)
+
+        codebook, prices, history = fit_level(stats, centroids, cfg, k, batched.n_batches, balanced, on_step)
+    return codebook, prices, [{"level": level + 1, **h} for h in history]
 
 
 def train_residual_kmeans(prepared: Prepared, cfg: TokenizerConfig, balanced=None,
@@ -181,12 +263,16 @@ def train_residual_kmeans(prepared: Prepared, cfg: TokenizerConfig, balanced=Non
         n_sample = batched.n_rows
         _check_sample(n_sample, cfg)
         init_x = init_rows(batched, seeding_rows(cfg, n_sample))
+        in_task = train_in_one_task(prepared.valid.sparkSession, cfg, n_sample, batched.n_batches, prepared.dim)
+        log.info("training %d sample rows in %d mini-batch(es) of %d slot(s), %s", n_sample, batched.n_batches,
+                 batched.slots, "each level in one task" if in_task else "one job per iteration")
         result = start or TrainResult([], [], n, n_sample)
         result.n_items, result.n_sample = n, n_sample
         for level in range(len(result.codebooks), cfg.levels):
             frozen = QuantizerState(tuple(result.codebooks), tuple(result.prices), cfg.block_rows, cfg.device)
             is_balanced = bool(balanced(level)) if balanced else False
-            cb, prices, hist = train_level(batched, frozen, init_x, cfg, level, prepared.dim, is_balanced)
+            cb, prices, hist = train_level(batched, frozen, init_x, cfg, level, prepared.dim, is_balanced,
+                                           in_task=in_task)
             result.codebooks.append(cb)
             result.prices.append(prices)
             result.history.extend(hist)

@@ -1,0 +1,88 @@
+"""A level's mini-batch loop inside one task (spark.train.train_in_one_task) gives the codebooks, prices and history
+of the loop that runs one Spark job per iteration, bit for bit: the same slot statistics summed in the same order,
+the same updates. Greedy and balanced levels, one mini-batch and several, slots > 1."""
+import numpy as np
+import pytest
+
+import sid_spark.spark.train as train_mod
+from sid_spark.config import TokenizerConfig
+from sid_spark.synthetic import numpy_catalog
+from sid_spark.tokenizer import ResidualKMeansTokenizer
+from tests.conftest import make_df
+
+CASES = {
+    # several mini-batches (Sculley updates), 2 slots each on local[2]
+    "none, 3 batches": dict(levels=2, codebookSize=8, seed=5, balance="none", max_iter=6, batch_size=700),
+    # one batch (Lloyd updates), balanced: every slot solves its prices, plus the final price pass
+    "exact, 1 batch": dict(levels=2, codebookSize=8, seed=5, balance="exact", max_iter=4),
+    # balanced with several batches
+    "exact, 2 batches": dict(levels=2, codebookSize=[8, 4], seed=3, balance="exact", max_iter=5, batch_size=1000),
+}
+
+
+@pytest.fixture(scope="module")
+def catalog(spark):
+    return make_df(spark, numpy_catalog(2000, 8, seed=4, components=25), partitions=3)
+
+
+def fit(spark, df, params, mode, monkeypatch):
+    calls = []
+    real = train_mod._fit_in_one_task
+
+    def counted(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(train_mod, "_fit_in_one_task", counted)
+    spark.conf.set(train_mod.IN_TASK_CONF, mode)
+    try:
+        model = ResidualKMeansTokenizer(**params).fit(df)
+    finally:
+        spark.conf.unset(train_mod.IN_TASK_CONF)
+    return model, len(calls)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_one_task_equals_one_job_per_iteration(spark, catalog, case, monkeypatch):
+    params = CASES[case]
+    jobs, n_jobs = fit(spark, catalog, params, "false", monkeypatch)
+    task, n_task = fit(spark, catalog, params, "auto", monkeypatch)
+    assert (n_jobs, n_task) == (0, 2)  # the auto run trained both levels in one task each
+    for a, b in zip(task.codebooks, jobs.codebooks):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(task.prices, jobs.prices):
+        if params["balance"] == "exact":
+            np.testing.assert_array_equal(a, b)
+        else:
+            assert a is None and b is None
+    assert task.summary.history == jobs.summary.history
+    assert task.model_id == jobs.model_id
+
+
+class _Conf:
+    def __init__(self, values):
+        self.values = values
+
+    def get(self, key, default=None):
+        return self.values.get(key, default)
+
+
+class _Session:
+    def __init__(self, **values):
+        self.conf = _Conf(values)
+
+
+def test_choice_follows_the_byte_and_flop_bounds():
+    cfg = TokenizerConfig(levels=3, codebook_size=256)
+    # 1M x 128 in 16 batches: 512 MB (under 1 GiB), 65,536 x 2 x 128 x 768 = 1.3e10 flops an iteration
+    assert train_mod.train_in_one_task(_Session(), cfg, 1_000_000, 16, 128)
+    # 1M x 384: 1.5 GB of sample
+    assert not train_mod.train_in_one_task(_Session(), cfg, 1_000_000, 16, 384)
+    # a lower byte bound from the session, and the switch
+    assert not train_mod.train_in_one_task(
+        _Session(**{train_mod.IN_TASK_BYTES_CONF: str(100 << 20)}), cfg, 1_000_000, 16, 128)
+    assert not train_mod.train_in_one_task(_Session(**{train_mod.IN_TASK_CONF: "false"}), cfg, 1000, 1, 8)
+    # K = 8,192: 65,536 x 2 x 256 x 3 x 8,192 = 8e11 flops an iteration, over the bound however small the sample
+    big = TokenizerConfig(levels=3, codebook_size=8192)
+    assert not train_mod.train_in_one_task(_Session(), big, 200_000, 4, 256)
+    assert train_mod.iteration_flops(cfg, 65_536, 128) == 2.0 * 65_536 * 128 * 768
