@@ -57,7 +57,10 @@ def sinkhorn_prices(dist: torch.Tensor, caps: torch.Tensor, iters_per_eps: int =
     schedule = eps_schedule(scale, 7, 0.25) if coarse else eps_schedule(scale)
     for eps in schedule:
         kernel = torch.add(g.unsqueeze(0) / eps, d, alpha=-1.0 / eps)
-        kernel.sub_(kernel.max(1, keepdim=True).values).exp_()
+        # Exponents below -87 are clamped (exp: 1.6e-38, the smallest normal float32 is 1.2e-38): far down the
+        # row, whose maximum is exp(0) = 1, they would be subnormal or zero anyway, and an exponential that
+        # underflows takes a slow path (9 ns an entry against 0.3 here: 80% of a solve's time before).
+        kernel.sub_(kernel.max(1, keepdim=True).values).clamp_(min=-87.0).exp_()
         u = 1.0 / kernel.sum(1)  # the rows' normalisation, folded into the first scaling
         for _ in range(iters_per_eps):
             v = (b / (kernel.T @ u).clamp_min(1e-30)).clamp_max(1e30)
