@@ -115,30 +115,45 @@ def init_rows(batched: BatchedSample, m: int) -> np.ndarray:
 
 
 # A level is trained inside one task (train_in_one_task) when the whole sample takes at most this many bytes
-# (spark.sid_spark.trainInOneTaskMaxBytes) and one iteration at most TRAIN_IN_TASK_FLOPS floating-point operations
-# (about 0.3 s on one core): then the mini-batch loop costs its arithmetic alone, where one Spark job per iteration
-# costs ~0.3-0.5 s of scheduling and Python-worker round trips on top (the statistics of a small batch are
-# milliseconds). Larger samples or codebooks keep one job per iteration, spread over the cluster's cores.
+# (spark.sid_spark.trainInOneTaskMaxBytes) and the cores that task leaves idle cost less than the Spark jobs it
+# saves: one job per iteration costs ~JOB_SECONDS of scheduling and Python-worker round trips (measured on local[2],
+# where it is cheapest), and spreads the iteration's arithmetic over the mini-batch's slots. The estimate of an
+# iteration on one core: the statistics' GEMMs at GEMM_FLOPS a second, plus, at a balanced level, every slot's
+# Sinkhorn solve at SINKHORN_ENTRY_SECONDS an entry (both measured on the team's 2-core machine, 1 thread). The
+# result does not depend on the choice (fit_level runs the same updates on the same sums).
 IN_TASK_CONF = "spark.sid_spark.trainInOneTask"  # auto (default) | false
 IN_TASK_BYTES_CONF = "spark.sid_spark.trainInOneTaskMaxBytes"
 TRAIN_IN_TASK_BYTES = 1 << 30
-TRAIN_IN_TASK_FLOPS = 2e10
+JOB_SECONDS = 0.2
+GEMM_FLOPS = 5e10
+SINKHORN_ENTRY_SECONDS = 6e-8
 
 
-def iteration_flops(cfg: TokenizerConfig, batch_rows: int, dim: int) -> float:
-    """Floating-point operations of one mini-batch iteration at the deepest level: the batch's residuals through
-    every level (one GEMM per level, 2 K_l d flops a row)."""
-    return 2.0 * batch_rows * dim * sum(cfg.codebook_sizes)
+def iteration_seconds(cfg: TokenizerConfig, n_rows: int, n_batches: int, slots: int, dim: int,
+                      balanced: bool) -> float:
+    """Estimated seconds of one mini-batch iteration at the deepest level on one core: the batch's residuals
+    through every level (2 K_l d flops a row and level), and with `balanced` every slot's Sinkhorn solve on
+    price_rows() rows by K."""
+    batch_rows = -(-n_rows // max(1, n_batches))
+    seconds = 2.0 * batch_rows * dim * sum(cfg.codebook_sizes) / GEMM_FLOPS
+    if balanced:
+        k = max(cfg.codebook_sizes)
+        seconds += slots * price_rows(k, -(-batch_rows // max(1, slots)), dim) * k * SINKHORN_ENTRY_SECONDS
+    return seconds
 
 
-def train_in_one_task(spark, cfg: TokenizerConfig, n_rows: int, n_batches: int, dim: int) -> bool:
-    """Whether each level's mini-batch loop runs inside one task (see TRAIN_IN_TASK_BYTES)."""
+def train_in_one_task(spark, cfg: TokenizerConfig, n_rows: int, n_batches: int, slots: int, dim: int,
+                      balanced: bool) -> bool:
+    """Whether each level's mini-batch loop runs inside one task: the sample fits the byte bound, and the
+    iteration's arithmetic that the other slots would have shared costs less than a job (see JOB_SECONDS)."""
     mode = spark.conf.get(IN_TASK_CONF, "auto").strip().lower()
     if mode in ("false", "off", "no"):
         return False
     max_bytes = int(spark.conf.get(IN_TASK_BYTES_CONF, str(TRAIN_IN_TASK_BYTES)))
-    batch_rows = -(-n_rows // max(1, n_batches))
-    return 4 * n_rows * dim <= max_bytes and iteration_flops(cfg, batch_rows, dim) <= TRAIN_IN_TASK_FLOPS
+    if 4 * n_rows * dim > max_bytes:
+        return False
+    seconds = iteration_seconds(cfg, n_rows, n_batches, slots, dim, balanced)
+    return seconds * (1.0 - 1.0 / max(1, slots)) <= JOB_SECONDS
 
 
 def fit_level(stats, centroids: torch.Tensor, cfg: TokenizerConfig, k: int, n_batches: int, balanced: bool,
@@ -263,7 +278,8 @@ def train_residual_kmeans(prepared: Prepared, cfg: TokenizerConfig, balanced=Non
         n_sample = batched.n_rows
         _check_sample(n_sample, cfg)
         init_x = init_rows(batched, seeding_rows(cfg, n_sample))
-        in_task = train_in_one_task(prepared.valid.sparkSession, cfg, n_sample, batched.n_batches, prepared.dim)
+        in_task = train_in_one_task(prepared.valid.sparkSession, cfg, n_sample, batched.n_batches, batched.slots,
+                                    prepared.dim, any_balanced)
         log.info("training %d sample rows in %d mini-batch(es) of %d slot(s), %s", n_sample, batched.n_batches,
                  batched.slots, "each level in one task" if in_task else "one job per iteration")
         result = start or TrainResult([], [], n, n_sample)
