@@ -213,6 +213,17 @@ def main():
             ours_s = time.perf_counter() - t
             ours_e = rel_error(x, ours.codebooks)
             print(f"{'sid_spark (balance=none, local[2])':40s} {ours_s:>8.1f} {ours_e:>10.4f}")
+            from sid_spark.spark.train import IN_TASK_CONF
+
+            spark.conf.set(IN_TASK_CONF, "false")
+            t = time.perf_counter()
+            jobs = ResidualKMeansTokenizer(levels=L, codebookSize=K, balance="none").fit(df)
+            jobs_s = time.perf_counter() - t
+            spark.conf.unset(IN_TASK_CONF)
+            same = all(np.array_equal(a, b) for a, b in zip(jobs.codebooks, ours.codebooks))
+            print(f"{'  the same, one Spark job per iteration':40s} {jobs_s:>8.1f} {rel_error(x, jobs.codebooks):>10.4f}"
+                  f"  (codebooks {'identical' if same else 'DIFFERENT'}; the row above: each level in one task "
+                  f"where the cost model says so)")
             bal = None
             if args.exact:
                 t = time.perf_counter()

@@ -75,21 +75,23 @@ class _Session:
 def test_choice_follows_the_bounds_and_the_cost_model():
     cfg = TokenizerConfig(levels=3, codebook_size=256)
     one_task = train_mod.train_in_one_task
-    # 1M x 128 in 16 batches of 2 slots: 512 MB (under 1 GiB); 65,536 x 2 x 128 x 768 flops = 0.26 s on one core,
-    # half of it the other slot's: 0.13 s <= a job's 0.2 s
-    assert train_mod.iteration_seconds(cfg, 1_000_000, 16, 2, 128, False) == 2.0 * 62_500 * 128 * 768 / 5e10
-    assert one_task(_Session(), cfg, 1_000_000, 16, 2, 128, False)
+    # 1M x 128 in 16 batches of 2 slots: 512 MB (under 1 GiB); 62,500 x 2 x 128 x 768 flops = 0.61 s on one core,
+    # half of it the other slot's: 0.31 s > a job's 0.2 s
+    assert train_mod.iteration_seconds(cfg, 1_000_000, 16, 2, 128, False) == 2.0 * 62_500 * 128 * 768 / 2e10
+    assert not one_task(_Session(), cfg, 1_000_000, 16, 2, 128, False)
+    # 20,000 rows in one batch of 2 slots: 0.2 s on one core, 0.1 s of it the other slot's
+    assert one_task(_Session(), cfg, 20_000, 1, 2, 128, False)
     # ... but not balanced: two Sinkhorn solves of 8,192 x 256 entries (0.25 s) on top
-    assert not one_task(_Session(), cfg, 1_000_000, 16, 2, 128, True)
+    assert not one_task(_Session(), cfg, 20_000, 1, 2, 128, True)
     # one slot (Beauty's balanced batch): no core is left idle, whatever the iteration costs
     assert one_task(_Session(), cfg, 12_101, 1, 1, 384, True)
     # the same iteration spread over 800 slots: one core would do what 800 share
     assert not one_task(_Session(), cfg, 1_000_000, 16, 800, 128, False)
-    # 1M x 384: 1.5 GB of sample
-    assert not one_task(_Session(), cfg, 1_000_000, 16, 2, 384, False)
+    # 1M x 384: 1.5 GB of sample, even in one slot
+    assert not one_task(_Session(), cfg, 1_000_000, 16, 1, 384, False)
     # a lower byte bound from the session, and the switch
-    assert not one_task(_Session(**{train_mod.IN_TASK_BYTES_CONF: str(100 << 20)}), cfg, 1_000_000, 16, 2, 128,
-                        False)
+    assert one_task(_Session(), cfg, 500_000, 8, 1, 128, False)
+    assert not one_task(_Session(**{train_mod.IN_TASK_BYTES_CONF: str(100 << 20)}), cfg, 500_000, 8, 1, 128, False)
     assert not one_task(_Session(**{train_mod.IN_TASK_CONF: "false"}), cfg, 1000, 1, 1, 8, False)
     # K = 8,192 at d = 256: 65,536 rows x 2 x 256 x 24,576 flops = 16 s an iteration on one core
     assert not one_task(_Session(), TokenizerConfig(levels=3, codebook_size=8192), 200_000, 4, 2, 256, False)
