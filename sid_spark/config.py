@@ -44,6 +44,9 @@ class TokenizerConfig:
     balance: Any = "exact"
     # Upper bound on repair rounds per level; leftovers are then placed by a single global ranking pass.
     balance_repair_rounds: int = 16
+    # Extra iterations per balanced level after the mini-batch loop, each slot's rows assigned exactly balanced
+    # (every code m/K +-1, as the encode does to the catalog) before the centres move to their means.
+    balance_exact_steps: int = 8
     dedup: str = "none"
     sid_capacity: int = 1
     # Rows per torch GEMM block: fixed so that every row sees the same kernel whatever the partitioning.
@@ -79,7 +82,7 @@ class TokenizerConfig:
              and 0 <= self.max_reject_share <= 1, "max_reject_share", "must be a number in [0, 1]")
         need(self.device in DEVICES, "device", f"must be one of {DEVICES}")
         need(self.dedup in DEDUP_MODES, "dedup", f"must be one of {DEDUP_MODES}")
-        for key in ("balance_repair_rounds",):
+        for key in ("balance_repair_rounds", "balance_exact_steps"):
             v = getattr(self, key)
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 0, key, "must be an integer >= 0")
         modes = self.balance if isinstance(self.balance, (list, tuple)) else [self.balance]

@@ -229,16 +229,18 @@ def task_memory_bytes(sizes: Sequence[int], dim: int, block_rows: int = DEFAULT_
     + 4 * b * d * 4 + 8 * b * d              block buffers: rows, gathered centres, residual, error term; float64 copy
     + 4 * b * min(max K, T) * 2              score tiles (a full tile and the last, narrower one)
     + 8 * b * (4 * topk + 4)                 running best / second best values and codes, merge buffers
-    + 4 * 3 * E                              a balanced level's training prices (spark.quantize.SlotPricing): the
-                                             priced rows' residuals, their distances and the Sinkhorn kernel, each
-                                             at most E = price_entries (SLOT_PRICE_ENTRIES = 2^24 there) floats
+    + 24 * E                                 a balanced level's training (spark.quantize.SlotPricing), E =
+                                             price_entries (SLOT_PRICE_ENTRIES = 2^24 there): the priced rows'
+                                             residuals, distances and Sinkhorn kernel (3 x 4 E), or in an exact
+                                             step the slot's residuals and distances (2 x 4 E) and the exact
+                                             assignment's float64 costs and their repair copy (2 x 8 E)
 
     with b = block_rows and T = code_tile: linear in K and d, independent of the number of rows, and at
     K = 16,384, d = 4,096, 3 levels about 1.8 GB, of which 1.3 GB are the codebooks and one level's sums.
     """
     k_sum, k_max, b = int(sum(sizes)), int(max(sizes)), int(block_rows)
     return (4 * k_sum * (dim + 1) + 8 * k_max * (dim + 1) + 4 * b * dim * 4 + 8 * b * dim
-            + 4 * b * min(k_max, code_tile) * 2 + 8 * b * (4 * topk + 4) + 12 * int(price_entries))
+            + 4 * b * min(k_max, code_tile) * 2 + 8 * b * (4 * topk + 4) + 24 * int(price_entries))
 
 
 def reconstruct(codes: torch.Tensor, codebooks: Sequence[torch.Tensor]) -> torch.Tensor:

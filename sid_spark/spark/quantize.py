@@ -120,6 +120,7 @@ class SlotPricing:
     (14 halvings, 20 sweeps each), for the prices stored in the model."""
 
     final: bool = False
+    exact: bool = False  # assign the slot's rows exactly balanced under its prices (exact_slot_stats)
 
     def solve(self, r: torch.Tensor, cb: torch.Tensor, block_rows: int) -> np.ndarray:
         from ..kernels.balance import sinkhorn_prices
@@ -197,6 +198,9 @@ def slot_stats(arrays, dev: torch.device, cbs, prs, cb: torch.Tensor, pr: Option
         if pricing is None:
             acc = acc + matrix_stats(x, cbs, prs, cb, pr, block_rows)
             continue
+        if pricing.exact and len(x) * max(k, dim) <= SLOT_PRICE_ENTRIES:
+            acc = acc + exact_slot_stats(x, dev, cbs, prs, cb, block_rows, pricing)
+            continue
         m = price_rows(k, len(x), dim, final=pricing.final)
         _, r = km.residual_encode(x[:m].to(dev), cbs, prs, block_rows)
         p = pricing.solve(r, cb, block_rows)
@@ -205,6 +209,32 @@ def slot_stats(arrays, dev: torch.device, cbs, prs, cb: torch.Tensor, pr: Option
         st.price_sum, st.price_rows = m * p.astype(np.float64), m
         acc = acc + st
     return acc
+
+
+def exact_slot_stats(x: torch.Tensor, dev: torch.device, cbs, prs, cb: torch.Tensor, block_rows: int,
+                     pricing: SlotPricing) -> LevelStats:
+    """A slot's statistics under the exact balanced assignment of its rows (kernels.balance.exact_assign: every
+    code holds m/K +-1 of the slot's m rows; prices from the slot's own solve on its price_rows() rows, ties by
+    row position, i.e. hash order): what the balanced encode does to the whole catalog, on the slot. Needs the
+    slot's residuals and (m, K) distances: callers keep m max(K, d) within SLOT_PRICE_ENTRIES (E), so the step
+    holds at most 24 E bytes (residuals and distances, float32; exact_assign's float64 costs and the repair's
+    copy of them), and a slot too large for that assigns under its prices as the loop does."""
+    from ..kernels.balance import exact_assign
+
+    k = cb.shape[0]
+    _, r = km.residual_encode(x.to(dev), cbs, prs, block_rows)
+    m = price_rows(k, len(x), x.shape[1], final=pricing.final)
+    p = pricing.solve(r[:m], cb, block_rows)
+    dist = km.distances(r, cb, block_rows=block_rows)
+    codes, _ = exact_assign(dist, p, np.arange(len(x), dtype=np.int64))
+    del dist
+    codes = torch.from_numpy(codes).to(r.device)
+    counts = torch.bincount(codes, minlength=k)
+    sums = torch.zeros((k, r.shape[1]), dtype=torch.float64, device=r.device).index_add_(0, codes, r.to(torch.float64))
+    sse = float(((r - cb[codes]) ** 2).sum(dtype=torch.float64))
+    st = LevelStats(counts.cpu().numpy(), sums.cpu().numpy(), sse, len(x))
+    st.price_sum, st.price_rows = m * p.astype(np.float64), m
+    return st
 
 
 def batch_stats(batched, batch: int, state: QuantizerState, level_codebook: np.ndarray,

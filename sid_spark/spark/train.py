@@ -165,10 +165,9 @@ def fit_level(stats, centroids: torch.Tensor, cfg: TokenizerConfig, k: int, n_ba
     seen = torch.zeros(k, dtype=torch.int64)
     prices = None
     history = []
-    for it in range(cfg.max_iter):
-        st = stats(it % n_batches, centroids.numpy(), prices, SlotPricing() if balanced else None)
-        if balanced:
-            prices = st.prices
+
+    def update(it, st, dead_after):
+        nonlocal centroids, seen
         counts = torch.from_numpy(st.counts)
         sums = torch.from_numpy(st.sums)
         if n_batches == 1:
@@ -176,7 +175,7 @@ def fit_level(stats, centroids: torch.Tensor, cfg: TokenizerConfig, k: int, n_ba
             dead = counts
         else:
             new, seen = km.sculley_update(centroids, seen, counts, sums)
-            dead = seen if it >= n_batches - 1 else torch.ones_like(seen)
+            dead = seen if it >= dead_after else torch.ones_like(seen)
         new, _, n_split = km.split_empty(new, dead)
         shift = km.centroid_shift(centroids, new)
         centroids = new
@@ -184,9 +183,21 @@ def fit_level(stats, centroids: torch.Tensor, cfg: TokenizerConfig, k: int, n_ba
                         "split": n_split, "max_count": int(st.counts.max()), "min_count": int(st.counts.min())})
         if on_step is not None:
             on_step(history[-1])
+        return shift, n_split
+
+    for it in range(cfg.max_iter):
+        st = stats(it % n_batches, centroids.numpy(), prices, SlotPricing() if balanced else None)
+        if balanced:
+            prices = st.prices
+        shift, n_split = update(it, st, n_batches - 1)
         if shift < cfg.tol and n_split == 0 and (n_batches == 1 or it >= n_batches):
             break
     if balanced:
+        # The loop's slots assign under their Sinkhorn prices (nearly balanced); these steps assign exactly, as
+        # the encode will (Beauty 3 x 256: rel. error 0.2664 -> 0.2627 with 8 steps; it levels off there).
+        for _ in range(cfg.balance_exact_steps):
+            it += 1
+            update(it, stats(it % n_batches, centroids.numpy(), None, SlotPricing(exact=True)), 0)
         prices = stats((it + 1) % n_batches, centroids.numpy(), None, SlotPricing(final=True)).prices
     return centroids.numpy(), prices, history
 
@@ -241,16 +252,17 @@ def train_level(batched: BatchedSample, frozen: QuantizerState, init_x: np.ndarr
     _, init_r = km.residual_encode(torch.from_numpy(init_x), cbs, prs, frozen.block_rows)
     centroids = km.kmeans_pp(init_r, k, rng, trials=1 if k > LARGE_K else None)
     del init_r
+    total = cfg.max_iter + (cfg.balance_exact_steps if balanced else 0)
     what = f"train level {level + 1}/{cfg.levels}{' (balanced)' if balanced else ''}: iteration"
     if in_task:
-        progress = Progress(log, what, cfg.max_iter)
+        progress = Progress(log, what, total)
         codebook, prices, history = _fit_in_one_task(batched, frozen, centroids, cfg, k, dim, balanced)
         last = history[-1]
         progress.step(len(history), f"in one task; rows={last['rows']} mse={last['mse']:.6g} "
                                     f"shift={last['shift']:.3g} codes {last['min_count']}..{last['max_count']}",
                       steps_left=0)
     else:
-        progress = Progress(log, what, cfg.max_iter, early_stop=True, after=cfg.max_iter * (cfg.levels - level - 1))
+        progress = Progress(log, what, total, early_stop=True, after=total * (cfg.levels - level - 1))
 
         def on_step(h):
             progress.step(h["iter"], f"rows={h['rows']} mse={h['mse']:.6g} shift={h['shift']:.3g} "
