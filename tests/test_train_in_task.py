@@ -95,3 +95,21 @@ def test_choice_follows_the_bounds_and_the_cost_model():
     assert not one_task(_Session(**{train_mod.IN_TASK_CONF: "false"}), cfg, 1000, 1, 1, 8, False)
     # K = 8,192 at d = 256: 65,536 rows x 2 x 256 x 24,576 flops = 16 s an iteration on one core
     assert not one_task(_Session(), TokenizerConfig(levels=3, codebook_size=8192), 200_000, 4, 2, 256, False)
+
+
+def test_exact_steps_assign_every_slot_exactly(spark, catalog):
+    """balance_exact_steps iterations follow the loop of every balanced level; in each, every slot's rows are
+    assigned exactly balanced (each of the 2 slots on local[2]: m_j/K +-1 rows per code), so the batch's counts
+    differ by at most 2 (1 per slot) -- which the loop's Sinkhorn-priced assignment does not give."""
+    params = dict(levels=2, codebookSize=8, seed=5, balance="exact", max_iter=4)
+    base = ResidualKMeansTokenizer(**params, balance_exact_steps=0).fit(catalog).summary.history
+    steps = ResidualKMeansTokenizer(**params, balance_exact_steps=3).fit(catalog).summary.history
+    for level in (1, 2):
+        loop = [h for h in base if h["level"] == level]
+        ext = [h for h in steps if h["level"] == level]
+        if level == 1:  # the loop itself is unchanged (level 2 starts from another level 1)
+            assert ext[:-3] == loop
+        assert [h["iter"] for h in ext[-3:]] == [len(ext) - 2, len(ext) - 1, len(ext)]
+        for h in ext[-3:]:
+            assert h["rows"] == 2000 and h["max_count"] - h["min_count"] <= 2
+    assert max(h["max_count"] - h["min_count"] for h in base) > 2
