@@ -20,6 +20,7 @@ from chispa import assert_df_equality
 
 from sid_spark import ResidualKMeansModel, ResidualKMeansTokenizer
 from sid_spark.config import resolve
+from sid_spark.spark.train import IN_TASK_CONF
 from tests.cluster import (TEST_JAVA_OPTIONS, build_wheel, spark_cluster,  # noqa: F401  (spark_cluster: fixture)
                            group_processes, spark_submit, standalone_cluster)
 
@@ -126,11 +127,11 @@ def viewfs_submit(spark_cluster, shipped, catalog, tmp_path_factory):
         shutil.copy(ROOT / "conf" / f"{step}.yaml", target / "conf" / f"{step}.yaml")
     cwd.mkdir()
 
-    def run(job: Path, *args: str, name: str):
+    def run(job: Path, *args: str, name: str, conf: tuple = ()):
         return spark_cluster.submit(
             ["--properties-file", str(ROOT / "conf" / "spark" / "local.conf"), "--py-files", str(shipped),
              "--conf", f"spark.hadoop.fs.viewfs.mounttable.sidcluster.link./data={target.as_uri()}",
-             str(job), *args], cwd=cwd, timeout=240, name=name)
+             *conf, str(job), *args], cwd=cwd, timeout=240, name=name)
 
     return run, target, cwd
 
@@ -155,9 +156,13 @@ def on_cluster(spark_cluster, viewfs_submit):
         "evaluate": ["--config", f"{MOUNT}/conf/evaluate.yaml", "--sids", f"{MOUNT}/dedup", "--model",
                      f"{MOUNT}/model", "--embeddings", f"{MOUNT}/items", "--output", f"{MOUNT}/eval"],
     }
+    # The cluster trains with one Spark job per iteration (this small sample would train each level in one task):
+    # its per-iteration progress lines are checked below, and its model against the local one, which trains in
+    # one task, so the two paths are compared end to end.
+    confs = {"train": ("--conf", f"{IN_TASK_CONF}=false")}
     logs = {}
     for step, args in steps.items():
-        proc = run(ROOT / "jobs" / f"{step}.py", *args, name=step)
+        proc = run(ROOT / "jobs" / f"{step}.py", *args, name=step, conf=confs.get(step, ()))
         check(proc, spark_cluster)
         logs[step] = proc.stdout + proc.stderr
     return {step: target / step for step in ("model", "sids", "dedup", "eval")}, logs

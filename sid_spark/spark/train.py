@@ -255,7 +255,11 @@ def train_level(batched: BatchedSample, frozen: QuantizerState, init_x: np.ndarr
     total = cfg.max_iter + (cfg.balance_exact_steps if balanced else 0)
     what = f"train level {level + 1}/{cfg.levels}{' (balanced)' if balanced else ''}: iteration"
     if in_task:
-        progress = Progress(log, what, total)
+        # One line when the task starts and one when it ends, with the later levels' estimate (this level's time
+        # per iteration times their iterations at most): the loop itself runs where the driver cannot log it.
+        progress = Progress(log, what, total, after=total * (cfg.levels - level - 1))
+        log.info("train level %d/%d%s: up to %d iterations in one task", level + 1, cfg.levels,
+                 " (balanced)" if balanced else "", total)
         codebook, prices, history = _fit_in_one_task(batched, frozen, centroids, cfg, k, dim, balanced)
         last = history[-1]
         progress.step(len(history), f"in one task; rows={last['rows']} mse={last['mse']:.6g} "
