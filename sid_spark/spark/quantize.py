@@ -229,8 +229,7 @@ def exact_slot_stats(x: torch.Tensor, dev: torch.device, cbs, prs, cb: torch.Ten
     codes, _ = exact_assign(dist, p, np.arange(len(x), dtype=np.int64))
     del dist
     codes = torch.from_numpy(codes).to(r.device)
-    counts = torch.bincount(codes, minlength=k)
-    sums = torch.zeros((k, r.shape[1]), dtype=torch.float64, device=r.device).index_add_(0, codes, r.to(torch.float64))
+    counts, sums = km.partial_stats(r, codes, k)
     sse = float(((r - cb[codes]) ** 2).sum(dtype=torch.float64))
     st = LevelStats(counts.cpu().numpy(), sums.cpu().numpy(), sse, len(x))
     st.price_sum, st.price_rows = m * p.astype(np.float64), m
