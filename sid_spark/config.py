@@ -46,7 +46,7 @@ class TokenizerConfig:
     balance_repair_rounds: int = 16
     # Extra iterations per balanced level after the mini-batch loop, each slot's rows assigned exactly balanced
     # (every code m/K +-1, as the encode does to the catalog) before the centres move to their means.
-    balance_exact_steps: int = 8
+    balance_exact_steps: int = 16
     dedup: str = "none"
     sid_capacity: int = 1
     # Rows per torch GEMM block: fixed so that every row sees the same kernel whatever the partitioning.

@@ -112,24 +112,29 @@ def price_rows(k: int, rows: int, dim: int = 1, final: bool = False) -> int:
 class SlotPricing:
     """Prices solved on the executors, inside a balanced level's statistics job (no extra pass, nothing m x K on
     the driver): every slot of the mini-batch runs stabilised Sinkhorn (kernels.balance.sinkhorn_prices) on the
-    distances of its own rows (at most `price_rows`) to the current centres, towards equal code sizes, assigns
-    all its rows under those prices -- so each centre moves to the mean of a balanced cluster -- and sends the
-    prices weighted by its rows with its counts and sums. The driver's prices are their K-sized average.
+    distances of its own rows (at most `price_rows`) to the current centres, towards equal code sizes, and sends
+    the prices weighted by its rows with its counts and sums. The driver's prices are their K-sized average.
 
-    Inside the loop the coarse schedule (7 epsilons, 4x apart, TRAIN_SWEEPS sweeps each); `final` runs the fine one
-    (14 halvings, 20 sweeps each), for the prices stored in the model."""
+    `exact`: the slot's rows are assigned exactly balanced under those prices (exact_slot_stats), so each centre
+    moves to the mean of a balanced cluster; `reuse`: no solve, the level prices given to the job are used (the
+    exact steps between two solves, train.PRICE_EVERY). Without `exact` the rows are assigned greedily under the
+    prices. The coarse schedule (7 epsilons, 4x apart, TRAIN_SWEEPS sweeps each); `final` runs the fine one (14
+    halvings, FINAL_SWEEPS sweeps each) on up to the entries bound of rows, for the prices stored in the model."""
 
     final: bool = False
     exact: bool = False  # assign the slot's rows exactly balanced under its prices (exact_slot_stats)
+    reuse: bool = False  # exact steps: take the prices given to the job instead of solving
 
-    def solve(self, r: torch.Tensor, cb: torch.Tensor, block_rows: int) -> np.ndarray:
+    def solve_dist(self, dist: torch.Tensor) -> np.ndarray:
+        """Prices of the rows whose (m, K) distances to the centres are `dist`."""
         from ..kernels.balance import sinkhorn_prices
 
-        k = cb.shape[0]
-        dist = km.distances(r, cb, block_rows=block_rows)
-        caps = torch.full((k,), r.shape[0] / k, dtype=torch.float32, device=r.device)
+        m, k = dist.shape
+        caps = torch.full((k,), m / k, dtype=torch.float32, device=dist.device)
         return sinkhorn_prices(dist, caps, FINAL_SWEEPS if self.final else TRAIN_SWEEPS, coarse=not self.final)[0]
 
+    def solve(self, r: torch.Tensor, cb: torch.Tensor, block_rows: int) -> np.ndarray:
+        return self.solve_dist(km.distances(r, cb, block_rows=block_rows))
 
 
 def _stats_setup(state: QuantizerState, level_codebook: np.ndarray, level_prices: Optional[np.ndarray]):
@@ -188,7 +193,8 @@ def slot_stats(arrays, dev: torch.device, cbs, prs, cb: torch.Tensor, pr: Option
     """One slot's statistics (the slot's (m, d) float32 arrays): counts, sums and error of its rows' residuals
     assigned to `cb` (+ prices `pr`). With `pricing` the slot first solves its own prices on its first
     price_rows() rows and assigns under them (`pr` unused); the result carries them weighted by those rows. What a
-    task of batch_stats computes, and what a level trained in one task computes per slot (train.fit_level)."""
+    task of batch_stats computes, and what a level trained in one task computes per slot (train.fit_level). With
+    `pricing.reuse` the slot takes `pr` instead of solving (and sends no prices)."""
     k = cb.shape[0]
     acc = LevelStats.zeros(k, dim)
     for block in arrays:
@@ -199,7 +205,10 @@ def slot_stats(arrays, dev: torch.device, cbs, prs, cb: torch.Tensor, pr: Option
             acc = acc + matrix_stats(x, cbs, prs, cb, pr, block_rows)
             continue
         if pricing.exact and len(x) * max(k, dim) <= SLOT_PRICE_ENTRIES:
-            acc = acc + exact_slot_stats(x, dev, cbs, prs, cb, block_rows, pricing)
+            acc = acc + exact_slot_stats(x, dev, cbs, prs, cb, block_rows, pricing, pr)
+            continue
+        if pricing.reuse and pr is not None:
+            acc = acc + matrix_stats(x, cbs, prs, cb, pr, block_rows)
             continue
         m = price_rows(k, len(x), dim, final=pricing.final)
         _, r = km.residual_encode(x[:m].to(dev), cbs, prs, block_rows)
@@ -212,27 +221,33 @@ def slot_stats(arrays, dev: torch.device, cbs, prs, cb: torch.Tensor, pr: Option
 
 
 def exact_slot_stats(x: torch.Tensor, dev: torch.device, cbs, prs, cb: torch.Tensor, block_rows: int,
-                     pricing: SlotPricing) -> LevelStats:
+                     pricing: SlotPricing, pr: Optional[torch.Tensor] = None) -> LevelStats:
     """A slot's statistics under the exact balanced assignment of its rows (kernels.balance.exact_assign: every
-    code holds m/K +-1 of the slot's m rows; prices from the slot's own solve on its price_rows() rows, ties by
-    row position, i.e. hash order): what the balanced encode does to the whole catalog, on the slot. Needs the
-    slot's residuals and (m, K) distances: callers keep m max(K, d) within SLOT_PRICE_ENTRIES (E), so the step
-    holds at most 24 E bytes (residuals and distances, float32; exact_assign's float64 costs and the repair's
-    copy of them), and a slot too large for that assigns under its prices as the loop does."""
+    code holds m/K +-1 of the slot's m rows; ties by row position, i.e. hash order): what the balanced encode does
+    to the whole catalog, on the slot. The prices: the slot's own solve on its first price_rows() rows (sent with
+    the statistics), or `pr` with `pricing.reuse`. Needs the slot's residuals and (m, K) distances: callers keep
+    m max(K, d) within SLOT_PRICE_ENTRIES (E), so the step holds at most 24 E bytes (residuals and distances,
+    float32; exact_assign's float64 costs and the repair's copy of them), and a slot too large for that assigns
+    under its prices as the loop does."""
     from ..kernels.balance import exact_assign
 
     k = cb.shape[0]
     _, r = km.residual_encode(x.to(dev), cbs, prs, block_rows)
-    m = price_rows(k, len(x), x.shape[1], final=pricing.final)
-    p = pricing.solve(r[:m], cb, block_rows)
     dist = km.distances(r, cb, block_rows=block_rows)
+    if pricing.reuse and pr is not None:
+        p, m = pr.cpu().numpy(), 0
+    else:
+        m = price_rows(k, len(x), x.shape[1], final=pricing.final)
+        p = pricing.solve_dist(dist[:m])
     codes, _ = exact_assign(dist, p, np.arange(len(x), dtype=np.int64))
-    del dist
     codes = torch.from_numpy(codes).to(r.device)
+    # The error from the distances already at hand (a third of the step's time when recomputed from r).
+    sse = float(dist.gather(1, codes.unsqueeze(1)).sum(dtype=torch.float64))
+    del dist
     counts, sums = km.partial_stats(r, codes, k)
-    sse = float(((r - cb[codes]) ** 2).sum(dtype=torch.float64))
     st = LevelStats(counts.cpu().numpy(), sums.cpu().numpy(), sse, len(x))
-    st.price_sum, st.price_rows = m * p.astype(np.float64), m
+    if m:
+        st.price_sum, st.price_rows = m * p.astype(np.float64), m
     return st
 
 
@@ -243,7 +258,7 @@ def batch_stats(batched, batch: int, state: QuantizerState, level_codebook: np.n
     its own prices first and assigns under them (`level_prices` is then unused); the result carries their
     average (`LevelStats.prices`)."""
     k = level_codebook.shape[0]
-    setup = _stats_setup(state, level_codebook, None if pricing is not None else level_prices)
+    setup = _stats_setup(state, level_codebook, level_prices if pricing is None or pricing.reuse else None)
 
     def partition(arrays):
         dev, (cbs, prs, cb, pr) = task_setup(state.device, setup)

@@ -114,13 +114,13 @@ def init_rows(batched: BatchedSample, m: int) -> np.ndarray:
     return batched.head(m)
 
 
-# A level is trained inside one task (train_in_one_task) when the whole sample takes at most this many bytes
-# (spark.sid_spark.trainInOneTaskMaxBytes) and the cores that task leaves idle cost less than the Spark jobs it
+# A level is trained inside one task (train_in_one_task) when the whole sample and its residuals take at most this
+# many bytes (spark.sid_spark.trainInOneTaskMaxBytes) and the cores that task leaves idle cost less than the Spark jobs it
 # saves: one job per iteration costs ~JOB_SECONDS of scheduling and Python-worker round trips (measured on local[2],
 # where it is cheapest), and spreads the iteration's arithmetic over the mini-batch's slots. The estimate of an
 # iteration on one core: the statistics' GEMMs at GEMM_FLOPS a second (the whole statistics pass, not the GEMM
 # alone: 0.55 s for the 62,500 rows of a level-3 iteration of 3 x 256 at d = 128), plus, at a balanced level, every
-# slot's Sinkhorn solve at SINKHORN_ENTRY_SECONDS an entry (both measured on the team's 2-core machine). The
+# slot's Sinkhorn solve at SINKHORN_ENTRY_SECONDS an entry, once every PRICE_EVERY steps (both measured on the team's 2-core machine). The
 # result does not depend on the choice (fit_level runs the same updates on the same sums).
 IN_TASK_CONF = "spark.sid_spark.trainInOneTask"  # auto (default) | false
 IN_TASK_BYTES_CONF = "spark.sid_spark.trainInOneTaskMaxBytes"
@@ -134,12 +134,13 @@ def iteration_seconds(cfg: TokenizerConfig, n_rows: int, n_batches: int, slots: 
                       balanced: bool) -> float:
     """Estimated seconds of one mini-batch iteration at the deepest level on one core: the batch's residuals
     through every level (2 K_l d flops a row and level), and with `balanced` every slot's Sinkhorn solve on
-    price_rows() rows by K."""
+    price_rows() rows by K, one step in PRICE_EVERY."""
     batch_rows = -(-n_rows // max(1, n_batches))
     seconds = 2.0 * batch_rows * dim * sum(cfg.codebook_sizes) / GEMM_FLOPS
     if balanced:
         k = max(cfg.codebook_sizes)
-        seconds += slots * price_rows(k, -(-batch_rows // max(1, slots)), dim) * k * SINKHORN_ENTRY_SECONDS
+        seconds += (slots * price_rows(k, -(-batch_rows // max(1, slots)), dim) * k * SINKHORN_ENTRY_SECONDS
+                    / PRICE_EVERY)
     return seconds
 
 
@@ -151,17 +152,29 @@ def train_in_one_task(spark, cfg: TokenizerConfig, n_rows: int, n_batches: int, 
     if mode in ("false", "off", "no"):
         return False
     max_bytes = int(spark.conf.get(IN_TASK_BYTES_CONF, str(TRAIN_IN_TASK_BYTES)))
-    if 4 * n_rows * dim > max_bytes:
+    if 8 * n_rows * dim > max_bytes:  # the sample and its residuals through the frozen levels, float32
         return False
     seconds = iteration_seconds(cfg, n_rows, n_batches, slots, dim, balanced)
     return seconds * (1.0 - 1.0 / max(1, slots)) <= JOB_SECONDS
+
+
+# A balanced level: up to WARMUP_ITER plain (greedy) iterations -- at least one pass over the mini-batches -- then
+# cfg.balance_exact_steps exact steps: every slot assigns its rows exactly balanced (what the encode does to the
+# catalog) before the centres move, under prices solved on the executors every PRICE_EVERY steps and reused in
+# between. Beauty 3 x 256 (single-process mirror, two row orders): rel. error 0.2602 with 20 steps re-priced every
+# 4th, 0.2610 every 5th (15 steps), 0.2732 priced once, 0.2629-0.2636 with a solve in every step; the Sinkhorn-priced
+# loop of before plus 8 exact steps 0.2629-0.2636, at three times the balanced levels' cost.
+WARMUP_ITER = 6
+PRICE_EVERY = 4
 
 
 def fit_level(stats, centroids: torch.Tensor, cfg: TokenizerConfig, k: int, n_batches: int, balanced: bool,
               on_step=None):
     """The mini-batch loop of one level, wherever it runs (the driver, one job per iteration; or one task):
     `stats(batch, centroids (k, d) float32 numpy, prices, pricing) -> LevelStats` of one mini-batch. The same
-    updates in the same order either way, so both give the same codebook. Returns (codebook, prices, history)."""
+    updates in the same order either way, so both give the same codebook. A balanced level warms up greedily,
+    then takes its exact steps (see WARMUP_ITER), restarting the mini-batch learning rates, and ends with one
+    fine price solve for the model. Returns (codebook, prices, history)."""
     seen = torch.zeros(k, dtype=torch.int64)
     prices = None
     history = []
@@ -185,19 +198,27 @@ def fit_level(stats, centroids: torch.Tensor, cfg: TokenizerConfig, k: int, n_ba
             on_step(history[-1])
         return shift, n_split
 
-    for it in range(cfg.max_iter):
-        st = stats(it % n_batches, centroids.numpy(), prices, SlotPricing() if balanced else None)
-        if balanced:
-            prices = st.prices
+    loop = min(cfg.max_iter, max(WARMUP_ITER, n_batches)) if balanced else cfg.max_iter
+    it = -1
+    for it in range(loop):
+        st = stats(it % n_batches, centroids.numpy(), None, None)
         shift, n_split = update(it, st, n_batches - 1)
         if shift < cfg.tol and n_split == 0 and (n_batches == 1 or it >= n_batches):
             break
     if balanced:
-        # The loop's slots assign under their Sinkhorn prices (nearly balanced); these steps assign exactly, as
-        # the encode will (Beauty 3 x 256: rel. error 0.2664 -> 0.2627 with 8 steps; it levels off there).
-        for _ in range(cfg.balance_exact_steps):
+        # Sculley's rates restart: each exact step's batch counts as much as the steps before it together, so
+        # the centres move to the means of balanced clusters instead of a 1/(epochs x batches) nudge towards them.
+        seen = torch.zeros(k, dtype=torch.int64)
+        for step in range(cfg.balance_exact_steps):
             it += 1
-            update(it, stats(it % n_batches, centroids.numpy(), None, SlotPricing(exact=True)), 0)
+            solve = step % PRICE_EVERY == 0 or prices is None
+            st = stats(it % n_batches, centroids.numpy(), None if solve else prices,
+                       SlotPricing(exact=True, reuse=not solve))
+            if solve:
+                prices = st.prices
+            shift, _ = update(it, st, 0)
+            if shift < cfg.tol and n_batches == 1:
+                break
         prices = stats((it + 1) % n_batches, centroids.numpy(), None, SlotPricing(final=True)).prices
     return centroids.numpy(), prices, history
 
@@ -215,16 +236,22 @@ def _fit_in_one_task(batched: BatchedSample, frozen: QuantizerState, centroids: 
 
     def task(items):
         parts = {}
-        for index, array in items:
-            parts.setdefault(index, []).append(array)
         dev, (cbs, prs) = task_setup(frozen.device, frozen.tensors)
+        for index, array in items:
+            # The frozen levels' residuals once, not in every iteration: the same rows through the same kernel as
+            # slot_stats would run them, so the same numbers (the task holds them instead of the sample).
+            if len(array) and cbs:
+                array = km.residual_encode(torch.from_numpy(array).to(dev), cbs, prs, frozen.block_rows)[1]
+                array = array.cpu().numpy()
+            parts.setdefault(index, []).append(array)
 
         def stats(batch, level_codebook, level_prices, pricing):
             cb = km.as_tensor(level_codebook, dev)
-            pr = None if (pricing is not None or level_prices is None) else km.as_tensor(level_prices, dev)
+            pr = None if level_prices is None or (pricing is not None and not pricing.reuse) \
+                else km.as_tensor(level_prices, dev)
             total = None
             for j in range(slots):
-                st = slot_stats(parts.get(batch * slots + j, []), dev, cbs, prs, cb, pr, dim, frozen.block_rows,
+                st = slot_stats(parts.get(batch * slots + j, []), dev, [], [], cb, pr, dim, frozen.block_rows,
                                 pricing)
                 total = st if total is None else total + st
             return total
@@ -252,7 +279,8 @@ def train_level(batched: BatchedSample, frozen: QuantizerState, init_x: np.ndarr
     _, init_r = km.residual_encode(torch.from_numpy(init_x), cbs, prs, frozen.block_rows)
     centroids = km.kmeans_pp(init_r, k, rng, trials=1 if k > LARGE_K else None)
     del init_r
-    total = cfg.max_iter + (cfg.balance_exact_steps if balanced else 0)
+    total = (min(cfg.max_iter, max(WARMUP_ITER, batched.n_batches)) + cfg.balance_exact_steps if balanced
+             else cfg.max_iter)
     what = f"train level {level + 1}/{cfg.levels}{' (balanced)' if balanced else ''}: iteration"
     if in_task:
         # One line when the task starts and one when it ends, with the later levels' estimate (this level's time
