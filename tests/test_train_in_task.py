@@ -81,8 +81,12 @@ def test_choice_follows_the_bounds_and_the_cost_model():
     assert not one_task(_Session(), cfg, 1_000_000, 16, 2, 128, False)
     # 20,000 rows in one batch of 2 slots: 0.2 s on one core, 0.1 s of it the other slot's
     assert one_task(_Session(), cfg, 20_000, 1, 2, 128, False)
-    # ... but not balanced: two Sinkhorn solves of 8,192 x 256 entries (0.25 s) on top
-    assert not one_task(_Session(), cfg, 20_000, 1, 2, 128, True)
+    # balanced, the same: two Sinkhorn solves of 8,192 x 256 entries (0.25 s) one step in PRICE_EVERY (4) on top
+    assert one_task(_Session(), cfg, 20_000, 1, 2, 128, True)
+    # 36,000 rows: 0.354 s of statistics, half of it the other slot's (0.177 s) -- one task unbalanced, not balanced
+    # (0.354 + 0.063 s, half of it 0.208 s)
+    assert one_task(_Session(), cfg, 36_000, 1, 2, 128, False)
+    assert not one_task(_Session(), cfg, 36_000, 1, 2, 128, True)
     # one slot (Beauty's balanced batch): no core is left idle, whatever the iteration costs
     assert one_task(_Session(), cfg, 12_101, 1, 1, 384, True)
     # the same iteration spread over 800 slots: one core would do what 800 share
@@ -100,7 +104,7 @@ def test_choice_follows_the_bounds_and_the_cost_model():
 def test_exact_steps_assign_every_slot_exactly(spark, catalog):
     """balance_exact_steps iterations follow the loop of every balanced level; in each, every slot's rows are
     assigned exactly balanced (each of the 2 slots on local[2]: m_j/K +-1 rows per code), so the batch's counts
-    differ by at most 2 (1 per slot) -- which the loop's Sinkhorn-priced assignment does not give."""
+    differ by at most 2 (1 per slot) -- which the greedy warm-up's assignment does not give."""
     params = dict(levels=2, codebookSize=8, seed=5, balance="exact", max_iter=4)
     base = ResidualKMeansTokenizer(**params, balance_exact_steps=0).fit(catalog).summary.history
     steps = ResidualKMeansTokenizer(**params, balance_exact_steps=3).fit(catalog).summary.history
@@ -113,3 +117,58 @@ def test_exact_steps_assign_every_slot_exactly(spark, catalog):
         for h in ext[-3:]:
             assert h["rows"] == 2000 and h["max_count"] - h["min_count"] <= 2
     assert max(h["max_count"] - h["min_count"] for h in base) > 2
+
+
+def test_balanced_level_warms_up_then_reprices_every_fourth_exact_step():
+    """fit_level of a balanced level: greedy iterations (no pricing) up to WARMUP_ITER, then the exact steps, each
+    solving its prices (reuse=False, no prices handed in) every PRICE_EVERY-th step and reusing the last solved
+    prices in between, then one final solve; with several mini-batches the warm-up covers every batch once and
+    the mini-batch learning rates restart (the first exact step moves every centre to its batch mean)."""
+    import torch
+
+    from sid_spark.spark.quantize import LevelStats
+
+    rng = np.random.default_rng(0)
+    k, d = 4, 3
+    data = [rng.normal(size=(40, d)).astype(np.float32) for _ in range(3)]
+    calls = []
+
+    def stats(batch, centroids, prices, pricing):
+        calls.append((batch, None if prices is None else prices.copy(), pricing, centroids.copy()))
+        x = data[batch]
+        codes = ((x[:, None, :] - centroids[None]) ** 2).sum(-1).argmin(1)
+        sums = np.zeros((k, d))
+        np.add.at(sums, codes, x.astype(np.float64))
+        st = LevelStats(np.bincount(codes, minlength=k), sums, 0.0, len(x))
+        if pricing is not None and not pricing.reuse:
+            st.price_sum, st.price_rows = len(calls) * len(x) * np.arange(k, dtype=np.float64), len(x)
+        return st
+
+    cfg = TokenizerConfig(levels=1, codebook_size=k, max_iter=30, tol=0.0, balance_exact_steps=9)
+    start = torch.from_numpy(data[0][:k].copy())
+    _, prices, history = train_mod.fit_level(stats, start, cfg, k, 3, True)
+    warm = train_mod.WARMUP_ITER
+    assert [c[2] for c in calls[:warm]] == [None] * warm
+    exact = calls[warm:warm + 9]
+    assert [c[2].exact for c in exact] == [True] * 9
+    assert [not c[2].reuse for c in exact] == [s % train_mod.PRICE_EVERY == 0 for s in range(9)]
+    for step, (_, given, pricing, _) in enumerate(exact):
+        solved_at = warm + step - step % train_mod.PRICE_EVERY + 1  # the call number whose prices are reused
+        if pricing.reuse:
+            assert np.allclose(given, solved_at * (np.arange(k) - (k - 1) / 2))  # centred, as LevelStats.prices
+        else:
+            assert given is None
+    assert calls[-1][2].final and len(calls) == warm + 9 + 1 and len(history) == warm + 9
+    assert [c[0] for c in calls] == [i % 3 for i in range(len(calls))]
+    # the restart: after the first exact step each centre with rows is the mean of its rows in that batch
+    batch, _, _, before = exact[0]
+    after = calls[warm + 1][3]
+    x = data[batch]
+    codes = ((x[:, None, :] - before[None]) ** 2).sum(-1).argmin(1)
+    for code in np.unique(codes):
+        assert np.allclose(after[code], x[codes == code].astype(np.float64).mean(0), atol=1e-6)
+    # ... which a warm-up step (the rates not restarted) does not do
+    batch, _, _, before = calls[warm - 1]
+    after = exact[0][3]
+    codes = ((data[batch][:, None, :] - before[None]) ** 2).sum(-1).argmin(1)
+    assert not all(np.allclose(after[c], data[batch][codes == c].mean(0), atol=1e-6) for c in np.unique(codes))

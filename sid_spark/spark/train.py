@@ -175,19 +175,21 @@ def fit_level(stats, centroids: torch.Tensor, cfg: TokenizerConfig, k: int, n_ba
     updates in the same order either way, so both give the same codebook. A balanced level warms up greedily,
     then takes its exact steps (see WARMUP_ITER), restarting the mini-batch learning rates, and ends with one
     fine price solve for the model. Returns (codebook, prices, history)."""
-    seen = torch.zeros(k, dtype=torch.int64)
+    seen = torch.zeros(k, dtype=torch.int64)  # rows each code had, for the dead-code check
+    rate = torch.zeros(k, dtype=torch.int64)  # Sculley's running counts (1 / rate: the learning rate)
     prices = None
     history = []
 
     def update(it, st, dead_after):
-        nonlocal centroids, seen
+        nonlocal centroids, seen, rate
         counts = torch.from_numpy(st.counts)
         sums = torch.from_numpy(st.sums)
         if n_batches == 1:
             new = km.lloyd_update(centroids, counts, sums)
             dead = counts
         else:
-            new, seen = km.sculley_update(centroids, seen, counts, sums)
+            new, rate = km.sculley_update(centroids, rate, counts, sums)
+            seen = seen + counts
             dead = seen if it >= dead_after else torch.ones_like(seen)
         new, _, n_split = km.split_empty(new, dead)
         shift = km.centroid_shift(centroids, new)
@@ -208,7 +210,7 @@ def fit_level(stats, centroids: torch.Tensor, cfg: TokenizerConfig, k: int, n_ba
     if balanced:
         # Sculley's rates restart: each exact step's batch counts as much as the steps before it together, so
         # the centres move to the means of balanced clusters instead of a 1/(epochs x batches) nudge towards them.
-        seen = torch.zeros(k, dtype=torch.int64)
+        rate = torch.zeros(k, dtype=torch.int64)
         for step in range(cfg.balance_exact_steps):
             it += 1
             solve = step % PRICE_EVERY == 0 or prices is None
