@@ -35,7 +35,7 @@ _DOCS = {
     "device": "auto (the GPU Spark assigned to the task, else CPU), cpu or cuda",
     "balance": "exact (every code holds N/K +-1) or none, or a list with one mode per level",
     "balance_repair_rounds": "bound on repair rounds per balanced level",
-    "balance_exact_steps": "iterations per balanced level, after the loop, under the exact balanced assignment",
+    "balance_exact_steps": "iterations per balanced level, after a greedy warm-up, under the exact balanced assignment",
     "dedup": "collision resolution: none, suffix or reassign",
     "sid_capacity": "items one SID may keep before reassign moves the others",
     "block_rows": "rows per GEMM block (fixed, so SIDs do not depend on partitioning)",

@@ -115,13 +115,14 @@ def init_rows(batched: BatchedSample, m: int) -> np.ndarray:
 
 
 # A level is trained inside one task (train_in_one_task) when the whole sample and its residuals take at most this
-# many bytes (spark.sid_spark.trainInOneTaskMaxBytes) and the cores that task leaves idle cost less than the Spark jobs it
-# saves: one job per iteration costs ~JOB_SECONDS of scheduling and Python-worker round trips (measured on local[2],
-# where it is cheapest), and spreads the iteration's arithmetic over the mini-batch's slots. The estimate of an
-# iteration on one core: the statistics' GEMMs at GEMM_FLOPS a second (the whole statistics pass, not the GEMM
-# alone: 0.55 s for the 62,500 rows of a level-3 iteration of 3 x 256 at d = 128), plus, at a balanced level, every
-# slot's Sinkhorn solve at SINKHORN_ENTRY_SECONDS an entry, once every PRICE_EVERY steps (both measured on the team's 2-core machine). The
-# result does not depend on the choice (fit_level runs the same updates on the same sums).
+# many bytes (spark.sid_spark.trainInOneTaskMaxBytes) and the cores that task leaves idle cost less than the Spark
+# jobs it saves: one job per iteration costs ~JOB_SECONDS of scheduling and Python-worker round trips (measured on
+# local[2], where it is cheapest), and spreads the iteration's arithmetic over the mini-batch's slots. The estimate
+# of an iteration on one core: the statistics' GEMMs at GEMM_FLOPS a second (the whole statistics pass, not the
+# GEMM alone: 0.55 s for the 62,500 rows of a level-3 iteration of 3 x 256 at d = 128), plus, at a balanced level,
+# every slot's Sinkhorn solve at SINKHORN_ENTRY_SECONDS an entry, once every PRICE_EVERY steps (both measured on
+# the team's 2-core machine). The result does not depend on the choice (fit_level runs the same updates on the
+# same sums).
 IN_TASK_CONF = "spark.sid_spark.trainInOneTask"  # auto (default) | false
 IN_TASK_BYTES_CONF = "spark.sid_spark.trainInOneTaskMaxBytes"
 TRAIN_IN_TASK_BYTES = 1 << 30
