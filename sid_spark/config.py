@@ -44,8 +44,8 @@ class TokenizerConfig:
     balance: Any = "exact"
     # Upper bound on repair rounds per level; leftovers are then placed by a single global ranking pass.
     balance_repair_rounds: int = 16
-    # Extra iterations per balanced level after the mini-batch loop, each slot's rows assigned exactly balanced
-    # (every code m/K +-1, as the encode does to the catalog) before the centres move to their means.
+    # Iterations per balanced level after its greedy warm-up, each slot's rows assigned exactly balanced (every code
+    # m/K +-1, as the encode does to the catalog) before the centres move to their means (train.fit_level).
     balance_exact_steps: int = 16
     dedup: str = "none"
     sid_capacity: int = 1

@@ -255,10 +255,10 @@ def batch_stats(batched, batch: int, state: QuantizerState, level_codebook: np.n
                 level_prices: Optional[np.ndarray], dim: int, pricing: Optional[SlotPricing] = None) -> LevelStats:
     """level_stats over one mini-batch of a BatchedSample (numpy blocks of its cached partitions, not Arrow
     batches): a job on that batch's partitions only, summed on the executors. With `pricing` every slot solves
-    its own prices first and assigns under them (`level_prices` is then unused); the result carries their
-    average (`LevelStats.prices`)."""
+    its own prices first and assigns under them (`level_prices` is then unused unless `pricing.reuse`); the result
+    carries their average (`LevelStats.prices`)."""
     k = level_codebook.shape[0]
-    setup = _stats_setup(state, level_codebook, level_prices if pricing is None or pricing.reuse else None)
+    setup = _stats_setup(state, level_codebook, level_prices)
 
     def partition(arrays):
         dev, (cbs, prs, cb, pr) = task_setup(state.device, setup)

@@ -169,6 +169,11 @@ WARMUP_ITER = 6
 PRICE_EVERY = 4
 
 
+def loop_iterations(cfg: TokenizerConfig, n_batches: int, balanced: bool) -> int:
+    """Iterations of a level's first loop: max_iter, or a balanced level's greedy warm-up (see WARMUP_ITER)."""
+    return min(cfg.max_iter, max(WARMUP_ITER, n_batches)) if balanced else cfg.max_iter
+
+
 def fit_level(stats, centroids: torch.Tensor, cfg: TokenizerConfig, k: int, n_batches: int, balanced: bool,
               on_step=None):
     """The mini-batch loop of one level, wherever it runs (the driver, one job per iteration; or one task):
@@ -201,9 +206,8 @@ def fit_level(stats, centroids: torch.Tensor, cfg: TokenizerConfig, k: int, n_ba
             on_step(history[-1])
         return shift, n_split
 
-    loop = min(cfg.max_iter, max(WARMUP_ITER, n_batches)) if balanced else cfg.max_iter
     it = -1
-    for it in range(loop):
+    for it in range(loop_iterations(cfg, n_batches, balanced)):
         st = stats(it % n_batches, centroids.numpy(), None, None)
         shift, n_split = update(it, st, n_batches - 1)
         if shift < cfg.tol and n_split == 0 and (n_batches == 1 or it >= n_batches):
@@ -250,8 +254,7 @@ def _fit_in_one_task(batched: BatchedSample, frozen: QuantizerState, centroids: 
 
         def stats(batch, level_codebook, level_prices, pricing):
             cb = km.as_tensor(level_codebook, dev)
-            pr = None if level_prices is None or (pricing is not None and not pricing.reuse) \
-                else km.as_tensor(level_prices, dev)
+            pr = None if level_prices is None else km.as_tensor(level_prices, dev)  # slot_stats: unless it solves
             total = None
             for j in range(slots):
                 st = slot_stats(parts.get(batch * slots + j, []), dev, [], [], cb, pr, dim, frozen.block_rows,
@@ -282,8 +285,7 @@ def train_level(batched: BatchedSample, frozen: QuantizerState, init_x: np.ndarr
     _, init_r = km.residual_encode(torch.from_numpy(init_x), cbs, prs, frozen.block_rows)
     centroids = km.kmeans_pp(init_r, k, rng, trials=1 if k > LARGE_K else None)
     del init_r
-    total = (min(cfg.max_iter, max(WARMUP_ITER, batched.n_batches)) + cfg.balance_exact_steps if balanced
-             else cfg.max_iter)
+    total = loop_iterations(cfg, batched.n_batches, balanced) + (cfg.balance_exact_steps if balanced else 0)
     what = f"train level {level + 1}/{cfg.levels}{' (balanced)' if balanced else ''}: iteration"
     if in_task:
         # One line when the task starts and one when it ends, with the later levels' estimate (this level's time
