@@ -89,6 +89,46 @@ def test_kmeans_pp_is_seeded_and_spreads_over_blobs(blobs):
     assert len(set(codes.tolist())) == 8
 
 
+def test_blocked_kmeans_pp_is_seeded_draws_distinct_rows_and_spreads_over_blobs(blobs):
+    x = torch.from_numpy(blobs)
+    a = km.kmeans_pp_blocked(x, 8, np.random.default_rng(3))
+    assert torch.equal(a, km.kmeans_pp_blocked(x, 8, np.random.default_rng(3)))
+    codes, _ = numpy_assign(a.numpy(), blobs[::400])  # one block of one centre per round at k = 8
+    assert len(set(codes.tolist())) == 8
+    # m == k: every row once, in some order
+    rows = {tuple(r) for r in blobs[:40].tolist()}
+    got = km.kmeans_pp_blocked(x[:40], 40, np.random.default_rng(5), rounds=3)
+    assert {tuple(r) for r in got.tolist()} == rows and len(got) == 40
+    assert km.seed_block(40, 3) == 13 and km.seed_block(8192) == 128 and km.seed_block(1) == 1
+
+
+def test_blocked_kmeans_pp_takes_rows_with_weight_before_rows_on_a_centre():
+    # three distinct points repeated: after the first centre, D^2 sampling can only draw the two others (weight
+    # > 0); the rest of the 6 centres are rows sitting on a centre, and still no row twice
+    x = torch.tensor([[0.0, 0.0]] * 5 + [[3.0, 0.0]] * 5 + [[0.0, 4.0]] * 5)
+    for seed in range(5):
+        c = km.kmeans_pp_blocked(x, 6, np.random.default_rng(seed), rounds=1)
+        assert {tuple(r) for r in c.tolist()} == {(0.0, 0.0), (3.0, 0.0), (0.0, 4.0)}
+    assert km.kmeans_pp_blocked(x, 15, np.random.default_rng(0), rounds=2).shape == (15, 2)
+
+
+def test_blocked_kmeans_pp_seeds_as_well_as_one_candidate_kmeans_pp():
+    # what it replaces beyond LARGE_K (k-means++ with one candidate per centre): 64 rounds at K = 512, the seeds'
+    # error on the rows over three seeds within 3% (single runs differ by up to ~5% either way)
+    rng = np.random.default_rng(11)
+    centres = rng.standard_normal((300, 16)).astype(np.float32)
+    x = centres[rng.integers(300, size=6000)] + 0.3 * rng.standard_normal((6000, 16)).astype(np.float32)
+    x = torch.from_numpy(x)
+
+    def error(c):
+        _, d = km.assign(x, c)
+        return float(d.double().sum())
+
+    one = sum(error(km.kmeans_pp(x, 512, np.random.default_rng(s), trials=1)) for s in range(3))
+    blocked = sum(error(km.kmeans_pp_blocked(x, 512, np.random.default_rng(s))) for s in range(3))
+    assert blocked <= 1.03 * one
+
+
 def test_split_empty_reseeds_every_dead_code():
     c = torch.tensor([[0.0, 0.0], [1.0, 1.0], [5.0, 5.0], [9.0, 9.0]])
     counts = torch.tensor([0, 10, 0, 3])

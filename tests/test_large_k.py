@@ -181,3 +181,18 @@ def test_partition_keys_land_on_their_partition_under_spark_hash_partitioning(sp
     df = spark.createDataFrame([(int(k), p) for p, k in enumerate(keys)], "k int, p int").repartition(n, "k")
     landed = df.rdd.mapPartitionsWithIndex(lambda i, rows: ((i, r.p) for r in rows)).collect()
     assert sorted(landed) == [(p, p) for p in range(n)]
+
+
+def test_blocked_seeding_beyond_large_k_gives_the_same_codebook_whatever_the_partitioning(spark):
+    """K = 2,048 > LARGE_K takes the blocked k-means++ (64 rounds of 32 centres) on the driver's seeding rows: the
+    same rows in any partitioning, so the same codebook."""
+    from sid_spark import ResidualKMeansTokenizer
+    from sid_spark.spark.train import LARGE_K
+
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2600, 6)).astype(np.float32)
+    fits = [ResidualKMeansTokenizer(levels=1, codebookSize=2048, seed=5, max_iter=2, balance="none",
+                                    init_factor=2).fit(make_df(spark, x, partitions=p)) for p in (2, 5)]
+    assert 2048 > LARGE_K and fits[0].codebooks[0].shape == (2048, 6)
+    np.testing.assert_array_equal(fits[0].codebooks[0], fits[1].codebooks[0])
+    assert len(np.unique(fits[0].codebooks[0], axis=0)) == 2048  # no two codes share a centre

@@ -290,6 +290,70 @@ def kmeans_pp(x: torch.Tensor, k: int, rng: np.random.Generator, trials: Optiona
     return centers.to(torch.float32)
 
 
+# Rounds of the blocked seeding (kmeans_pp_blocked): each draws ceil((k - 1) / SEED_ROUNDS) centres at once.
+# Measured (single process, greedy k-means++ with one candidate against 64 rounds, same seeds): synthetic
+# 60,000 x 256 at K = 2,048 rel. error after 5 Lloyd iterations 0.2616 against 0.2603, K = 4,096 0.2400 against
+# 0.2401; Beauty 12,101 x 384 after 10 Lloyd iterations, K = 1,024 0.2813/0.2809 against 0.2798/0.2810, K = 2,048
+# 0.2220/0.2219 against 0.2211/0.2211; 27 s -> 1.3 s and 65 s -> 1.6 s of seeding.
+SEED_ROUNDS = 64
+
+
+def seed_block(k: int, rounds: int = SEED_ROUNDS) -> int:
+    """Centres kmeans_pp_blocked draws per round."""
+    return max(1, -(-(k - 1) // rounds))
+
+
+def kmeans_pp_blocked(x: torch.Tensor, k: int, rng: np.random.Generator, rounds: int = SEED_ROUNDS) -> torch.Tensor:
+    """k-means++ seeding in `rounds` rounds of seed_block(k) centres (D^2 sampling as in k-means||, Bahmani et
+    al. 2012, with the candidates taken as the centres, so there is no re-clustering step).
+
+    Each round draws its centres together, without replacement, each row with probability proportional to its
+    squared distance to the nearest centre so far (Efraimidis-Spirakis keys log(u) / w, the largest win); then
+    one (m, block) GEMM updates every row's distance. The same O(m k d) flops as k-means++ with one candidate,
+    but as `rounds` GEMMs instead of k sequential passes over x (at k = 8,192, m = 51,200, d = 256: ~2 s instead
+    of ~2 min on one core). Rows that already sit on a centre (weight 0) are drawn, uniformly, only when fewer
+    than a round's worth of rows have weight, and a row is never drawn twice.
+
+    x: (m, d) float32 with m >= k. Returns (k, d) float32 rows of x; draws come from `rng` (seeded by the caller).
+    Working set besides x: 4 m b (the distance block, b = seed_block(k)) + 8 m 6 bytes.
+    """
+    m = x.shape[0]
+    if m < k:
+        raise ValueError(f"k-means++ needs at least {k} rows, got {m}")
+    x = x.to(torch.float32)
+    x_sq = (x * x).sum(1)
+    chosen = np.empty(k, dtype=np.int64)
+    chosen[0] = int(rng.integers(m))
+    taken = np.zeros(m, dtype=bool)
+    taken[chosen[0]] = True
+    closest = np.full(m, np.inf)
+    new, done, block = chosen[:1], 1, seed_block(k, rounds)
+    while True:
+        cb = x[torch.from_numpy(new)]
+        d = torch.addmm((cb * cb).sum(1).unsqueeze(0), x, cb.T, alpha=-2.0)
+        d.add_(x_sq.unsqueeze(1)).clamp_min_(0)
+        np.minimum(closest, d.min(1).values.numpy().astype(np.float64), out=closest)
+        closest[taken] = 0.0  # a centre's own distance, whatever the rounding
+        del d
+        if done == k:
+            break
+        c = min(block, k - done)
+        u = rng.random(m)
+        live = np.flatnonzero(closest > 0)
+        if live.size >= c:
+            keys = np.log(u[live]) / closest[live]
+            top = np.argpartition(-keys, c - 1)[:c]
+            new = live[top[np.argsort(-keys[top], kind="stable")]]
+        else:  # every row but these sits on a centre: the rest uniformly among the rows not drawn yet
+            idle = np.flatnonzero(~taken & (closest <= 0))
+            extra = idle[np.argsort(u[idle], kind="stable")[: c - live.size]]
+            new = np.concatenate([live, extra])
+        chosen[done:done + c] = new
+        taken[new] = True
+        done += c
+    return x[torch.from_numpy(chosen)].clone()
+
+
 def lloyd_update(centroids: torch.Tensor, counts: torch.Tensor, sums: torch.Tensor) -> torch.Tensor:
     """Centre = mean of its cluster; a code with no rows keeps its centre (split_empty repairs it)."""
     out = centroids.clone().to(torch.float64)

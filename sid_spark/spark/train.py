@@ -72,8 +72,10 @@ def _check_sample(n_sample: int, cfg: TokenizerConfig) -> None:
                          f"raise sample_size")
 
 
-# Beyond this K the seeding set stops growing as init_factor * K and k-means++ takes one candidate per centre:
-# the driver's seeding is then O(K * seeding_rows * d), not O(K^2 * init_factor * trials * d).
+# Beyond this K the seeding set stops growing as init_factor * K and k-means++ draws its centres in
+# kmeans.SEED_ROUNDS rounds of GEMMs (kmeans_pp_blocked): the driver's seeding is then O(K * seeding_rows * d) flops
+# in 64 passes over the seeding rows, not O(K^2 * init_factor * trials * d) in K passes. Up to LARGE_K the greedy
+# k-means++ of before, unchanged.
 LARGE_K = 1024
 
 
@@ -89,24 +91,27 @@ def driver_memory_bytes(cfg: TokenizerConfig, dim: int, n_sample: int = 1 << 62)
 
       4 * sum(K_l) * (d + 1)            the codebooks and prices of every level (float32)
     + m * d * (4 + 4 + 8)               seeding rows, their residuals and k-means++'s float64 copy,
-                                        m = seeding_rows(cfg) = init_factor * K, or max(init_factor * 1024, 4 K)
-                                        beyond K = 1024
-    + 8 * m * (t + 3)                   k-means++ distance rows for t candidates (t = 2 + ln K, 1 beyond K = 1024)
+                                        m = seeding_rows(cfg) = init_factor * K
+    + 8 * m * (t + 3)                   k-means++ distance rows for t = 2 + ln K candidates
+                                        (beyond K = LARGE_K, m = max(init_factor * 1024, 4 K) and the blocked
+                                        seeding instead: m * d * (4 + 4) + 4 * m * b + 8 * m * 6, the rows, their
+                                        residuals, one round's distance block of b = kmeans.seed_block(K) columns,
+                                        the distances, draws and keys)
     + 8 * K * (d + 1) * 6               one level's statistics as they arrive and are decoded (blob, arrays),
                                         float64 centroids and the update's temporaries
     + 8 * K * 8                         counts, seen, prices and per-code history
     + batches.DIRECT_SUM_BYTES          a mini-batch's blobs, when they are few and small enough to be summed on
                                         the driver (16 MiB; otherwise the executors sum them)
 
-    with K = max(K_l): linear in K and d, independent of the catalog size N and of the number of executors
-    (the statistics arrive as one reduced blob per iteration, or as at most
-    DIRECT_SUM_BYTES of slot blobs). n_sample caps m for a small sample.
+    with K = max(K_l), m from K and the seeding term the largest over the levels (each with its own K_l): linear
+    in K and d, independent of the catalog size N and of the number of executors (the statistics arrive as one
+    reduced blob per iteration, or as at most DIRECT_SUM_BYTES of slot blobs). n_sample caps m for a small sample.
     """
     k_max, k_sum = max(cfg.codebook_sizes), sum(cfg.codebook_sizes)
     m = seeding_rows(cfg, n_sample)
-    trials = 1 if k_max > LARGE_K else 2 + int(np.log(k_max))
-    return (4 * k_sum * (dim + 1) + m * dim * 16 + 8 * m * (trials + 3) + 48 * k_max * (dim + 1) + 64 * k_max
-            + DIRECT_SUM_BYTES)
+    seeding = max(m * dim * 8 + 4 * m * km.seed_block(k) + 8 * m * 6 if k > LARGE_K
+                  else m * dim * 16 + 8 * m * (2 + int(np.log(k)) + 3) for k in cfg.codebook_sizes)
+    return 4 * k_sum * (dim + 1) + seeding + 48 * k_max * (dim + 1) + 64 * k_max + DIRECT_SUM_BYTES
 
 
 def init_rows(batched: BatchedSample, m: int) -> np.ndarray:
@@ -283,7 +288,7 @@ def train_level(batched: BatchedSample, frozen: QuantizerState, init_x: np.ndarr
     cbs = [torch.from_numpy(c) for c in frozen.codebooks]
     prs = [None if p is None else torch.from_numpy(p) for p in frozen.prices]
     _, init_r = km.residual_encode(torch.from_numpy(init_x), cbs, prs, frozen.block_rows)
-    centroids = km.kmeans_pp(init_r, k, rng, trials=1 if k > LARGE_K else None)
+    centroids = km.kmeans_pp_blocked(init_r, k, rng) if k > LARGE_K else km.kmeans_pp(init_r, k, rng)
     del init_r
     total = loop_iterations(cfg, batched.n_batches, balanced) + (cfg.balance_exact_steps if balanced else 0)
     what = f"train level {level + 1}/{cfg.levels}{' (balanced)' if balanced else ''}: iteration"
