@@ -196,3 +196,18 @@ def test_blocked_seeding_beyond_large_k_gives_the_same_codebook_whatever_the_par
     assert 2048 > LARGE_K and fits[0].codebooks[0].shape == (2048, 6)
     np.testing.assert_array_equal(fits[0].codebooks[0], fits[1].codebooks[0])
     assert len(np.unique(fits[0].codebooks[0], axis=0)) == 2048  # no two codes share a centre
+
+
+def test_code_tiles_are_sized_for_the_device():
+    """CPU: 2,048 codes a tile. CUDA: the widest power of two up to 16,384 whose two 4,096-row float32 score
+    buffers take at most 1/32 of the device's memory (no device needed: its memory is given)."""
+    gib = 2 ** 30
+    assert km.code_tile_for("cpu") == km.DEFAULT_CODE_TILE == 2048
+    assert km.code_tile_for("cuda", total_memory=80 * gib) == 16384  # one GEMM per block up to K = 16,384
+    assert km.code_tile_for("cuda", total_memory=16 * gib) == 16384  # 2 x 4 B x 4,096 x 16,384 = 16 GiB / 32
+    assert km.code_tile_for("cuda", total_memory=12 * gib) == 8192
+    assert km.code_tile_for("cuda", total_memory=gib) == 2048  # never below the CPU's tile
+    assert km.code_tile_for("cuda", block_rows=16384, total_memory=16 * gib) == 4096
+    for mem in (gib, 12 * gib, 80 * gib):
+        tile = km.code_tile_for("cuda", total_memory=mem)
+        assert tile == 2048 or 2 * 4 * 4096 * tile <= mem // 32

@@ -17,8 +17,27 @@ import numpy as np
 import torch
 
 DEFAULT_BLOCK_ROWS = 4096
-# Codes per score tile: 4096 x 2048 float32 scores are 32 MiB; codebooks up to this size are never tiled.
+# Codes per score tile on CPU: 4096 x 2048 float32 scores are 32 MiB; codebooks up to this size are never tiled.
 DEFAULT_CODE_TILE = 2048
+# On CUDA (code_tile_for): the widest power-of-two tile up to MAX_CODE_TILE codes whose two score buffers take at
+# most 1/CUDA_TILE_SHARE of the device's memory -- one GEMM per block up to K = 16,384 on a 40-80 GB device, where
+# a CPU-sized tile would cut it into 8 small GEMMs, each with its own launch and top-k merge.
+MAX_CODE_TILE = 16384
+CUDA_TILE_SHARE = 32
+
+
+def code_tile_for(device, block_rows: int = DEFAULT_BLOCK_ROWS, total_memory: Optional[int] = None) -> int:
+    """Codes per score tile for `device`: DEFAULT_CODE_TILE on CPU; on CUDA sized from the device's memory (see
+    CUDA_TILE_SHARE), never below DEFAULT_CODE_TILE. `total_memory` (bytes) overrides the device's own figure."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return DEFAULT_CODE_TILE
+    if total_memory is None:
+        total_memory = torch.cuda.get_device_properties(device).total_memory
+    tile = DEFAULT_CODE_TILE
+    while tile * 2 <= MAX_CODE_TILE and 2 * 4 * block_rows * tile * 2 <= total_memory // CUDA_TILE_SHARE:
+        tile *= 2
+    return tile
 
 
 def as_tensor(a, device: torch.device | str = "cpu", dtype=torch.float32) -> torch.Tensor:
@@ -132,7 +151,7 @@ class _Scorer:
 @torch.no_grad()
 def assign(x: torch.Tensor, centroids: torch.Tensor, prices: Optional[torch.Tensor] = None,
            block_rows: int = DEFAULT_BLOCK_ROWS, topk: int = 1, with_dist: bool = True,
-           code_tile: int = DEFAULT_CODE_TILE):
+           code_tile: Optional[int] = None):
     """Nearest code of every row, by ``||x - c||^2 + price``.
 
     x: (n, d) float32, centroids: (K, d) float32, prices: (K,) or None.
@@ -141,9 +160,11 @@ def assign(x: torch.Tensor, centroids: torch.Tensor, prices: Optional[torch.Tens
     Ties: with topk == 1 the lower code index wins (see _argmin_rows). With topk > 1 the order among exactly equal
     scores is torch.topk's, which is deterministic for a row but not always the lower code first (rounded test
     scores show it; a 1M x 128 catalog had 4 such rows at level 1).
-    Scores are computed in tiles of code_tile codes when K is larger (exact: the running top-k is merged).
+    Scores are computed in tiles of code_tile codes when K is larger (exact: the running top-k is merged); by
+    default the tile is sized for the device (code_tile_for).
     """
     n, d = x.shape
+    code_tile = code_tile or code_tile_for(centroids.device, block_rows)
     scorer = _Scorer(centroids, _bias(centroids, prices), block_rows, code_tile)
     shape = (n,) if topk == 1 else (n, topk)
     codes = torch.empty(shape, dtype=torch.int64, device=x.device)
@@ -175,7 +196,7 @@ def assign(x: torch.Tensor, centroids: torch.Tensor, prices: Optional[torch.Tens
 
 
 def nearest(x: torch.Tensor, centroids: torch.Tensor, prices: Optional[torch.Tensor] = None,
-            block_rows: int = DEFAULT_BLOCK_ROWS, code_tile: int = DEFAULT_CODE_TILE) -> torch.Tensor:
+            block_rows: int = DEFAULT_BLOCK_ROWS, code_tile: Optional[int] = None) -> torch.Tensor:
     """(n,) int64 nearest code of every row, as assign() without the distances."""
     return assign(x, centroids, prices, block_rows, with_dist=False, code_tile=code_tile)[0]
 
@@ -184,7 +205,7 @@ def nearest(x: torch.Tensor, centroids: torch.Tensor, prices: Optional[torch.Ten
 def residual_encode(x: torch.Tensor, codebooks: Sequence[torch.Tensor],
                     prices: Optional[Sequence[Optional[torch.Tensor]]] = None,
                     block_rows: int = DEFAULT_BLOCK_ROWS, with_residual: bool = True,
-                    code_tile: int = DEFAULT_CODE_TILE):
+                    code_tile: Optional[int] = None):
     """Greedy residual quantisation through every level.
 
     One block of rows goes through all levels while it sits in cache: per level one GEMM into a reused score
@@ -194,6 +215,7 @@ def residual_encode(x: torch.Tensor, codebooks: Sequence[torch.Tensor],
     is False: encoding needs only the codes, and writing the residual out is a pass over n x d floats).
     """
     n, d = x.shape
+    code_tile = code_tile or code_tile_for(x.device, block_rows)
     levels = []
     for level, cb in enumerate(codebooks):
         p = prices[level] if prices is not None else None
@@ -235,8 +257,10 @@ def task_memory_bytes(sizes: Sequence[int], dim: int, block_rows: int = DEFAULT_
                                              step the slot's residuals and distances (2 x 4 E) and the exact
                                              assignment's float64 costs and their repair copy (2 x 8 E)
 
-    with b = block_rows and T = code_tile: linear in K and d, independent of the number of rows, and at
-    K = 16,384, d = 4,096, 3 levels about 1.8 GB, of which 1.3 GB are the codebooks and one level's sums.
+    with b = block_rows and T = code_tile (DEFAULT_CODE_TILE on CPU; on CUDA code_tile_for(device), whose two
+    score tiles stay within 1/CUDA_TILE_SHARE of the device's memory): linear in K and d, independent of the
+    number of rows, and at K = 16,384, d = 4,096, 3 levels about 1.8 GB on CPU, of which 1.3 GB are the codebooks
+    and one level's sums.
     """
     k_sum, k_max, b = int(sum(sizes)), int(max(sizes)), int(block_rows)
     return (4 * k_sum * (dim + 1) + 8 * k_max * (dim + 1) + 4 * b * dim * 4 + 8 * b * dim
