@@ -101,28 +101,6 @@ def test_choice_follows_the_bounds_and_the_cost_model():
     assert not one_task(_Session(), TokenizerConfig(levels=3, codebook_size=8192), 200_000, 4, 2, 256, False)
 
 
-def test_one_task_computes_its_slots_on_the_executors_cores():
-    """With t threads the task does the slots' work t at a time: seconds * (1/t - 1/slots) against a job."""
-    cfg = TokenizerConfig(levels=3, codebook_size=256)
-    one_task, threads = train_mod.train_in_one_task, train_mod.in_task_threads
-    local2, local4 = _Session(**{"spark.master": "local[2]"}), _Session(**{"spark.master": "local[4]"})
-    assert threads(_Session()) == 1 and threads(local2) == 2 and threads(local4) == 4
-    assert threads(_Session(**{"spark.master": "yarn", "spark.executor.cores": "8"})) == 8
-    assert threads(_Session(**{"spark.master": "local[*]"})) >= 1
-    assert threads(_Session(**{"spark.master": "local[4]", train_mod.IN_TASK_THREADS_CONF: "1"})) == 1
-    # 1M x 128 in 16 batches of 2 slots on local[2]: both slots at once, no job's cost -- one task
-    assert one_task(local2, cfg, 1_000_000, 16, 2, 128, False)
-    # ... and K = 8,192: 16 s an iteration either way, the job's 0.2 s saved
-    assert one_task(local2, TokenizerConfig(levels=3, codebook_size=8192), 200_000, 4, 2, 256, False)
-    # 800 slots, executors of 8 cores: 0.61 s x (1/8 - 1/800) = 0.076 s < a job
-    yarn = _Session(**{"spark.master": "yarn", "spark.executor.cores": "8"})
-    assert one_task(yarn, cfg, 1_000_000, 16, 800, 128, False)
-    # K = 8,192 over 800 slots: 16 s x (1/8 - 1/800) = 2 s > a job
-    assert not one_task(yarn, TokenizerConfig(levels=3, codebook_size=8192), 200_000, 4, 800, 256, False)
-    # the byte bound holds whatever the threads
-    assert not one_task(local4, cfg, 1_000_000, 16, 4, 384, False)
-
-
 def test_exact_steps_assign_every_slot_exactly(spark, catalog):
     """balance_exact_steps iterations follow the loop of every balanced level; in each, every slot's rows are
     assigned exactly balanced (each of the 2 slots on local[2]: m_j/K +-1 rows per code), so the batch's counts

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -131,7 +130,6 @@ def init_rows(batched: BatchedSample, m: int) -> np.ndarray:
 # same sums).
 IN_TASK_CONF = "spark.sid_spark.trainInOneTask"  # auto (default) | false
 IN_TASK_BYTES_CONF = "spark.sid_spark.trainInOneTaskMaxBytes"
-IN_TASK_THREADS_CONF = "spark.sid_spark.trainInOneTaskThreads"  # auto (default): the executor's cores | an int
 TRAIN_IN_TASK_BYTES = 1 << 30
 JOB_SECONDS = 0.2
 GEMM_FLOPS = 2e10
@@ -152,30 +150,10 @@ def iteration_seconds(cfg: TokenizerConfig, n_rows: int, n_batches: int, slots: 
     return seconds
 
 
-def in_task_threads(spark) -> int:
-    """Threads a level trained in one task computes its slots on (spark.sid_spark.trainInOneTaskThreads): by
-    default the cores of one executor -- `spark.executor.cores`, or N of a local[N] master (local[*]: the
-    machine's) -- and 1 where neither says. The training jobs run one at a time and the level's job is one task,
-    so those cores are otherwise idle while it runs; set 1 where other work shares the executors."""
-    value = str(spark.conf.get(IN_TASK_THREADS_CONF, "auto")).strip().lower()
-    if value != "auto":
-        return max(1, int(value))
-    cores = spark.conf.get("spark.executor.cores", None)
-    if cores:
-        return max(1, int(cores))
-    master = str(spark.conf.get("spark.master", ""))
-    if master.startswith("local"):
-        inner = master[master.find("[") + 1:master.find("]")] if "[" in master else "1"
-        inner = inner.split(",")[0].strip()
-        return max(1, os.cpu_count() or 1) if inner == "*" else max(1, int(inner))
-    return 1
-
-
 def train_in_one_task(spark, cfg: TokenizerConfig, n_rows: int, n_batches: int, slots: int, dim: int,
                       balanced: bool) -> bool:
-    """Whether each level's mini-batch loop runs inside one task: the sample fits the byte bound, and computing
-    the batch's slots on the task's t = min(threads, slots) threads costs less than spreading them over the slots
-    plus a job (see JOB_SECONDS): seconds * (1/t - 1/slots) <= JOB_SECONDS."""
+    """Whether each level's mini-batch loop runs inside one task: the sample fits the byte bound, and the
+    iteration's arithmetic that the other slots would have shared costs less than a job (see JOB_SECONDS)."""
     mode = spark.conf.get(IN_TASK_CONF, "auto").strip().lower()
     if mode in ("false", "off", "no"):
         return False
@@ -183,9 +161,7 @@ def train_in_one_task(spark, cfg: TokenizerConfig, n_rows: int, n_batches: int, 
     if 8 * n_rows * dim > max_bytes:  # the sample and its residuals through the frozen levels, float32
         return False
     seconds = iteration_seconds(cfg, n_rows, n_batches, slots, dim, balanced)
-    slots = max(1, slots)
-    threads = min(in_task_threads(spark), slots)
-    return seconds * (1.0 / threads - 1.0 / slots) <= JOB_SECONDS
+    return seconds * (1.0 - 1.0 / max(1, slots)) <= JOB_SECONDS
 
 
 # A balanced level: up to WARMUP_ITER plain (greedy) iterations -- at least one pass over the mini-batches -- then
@@ -260,14 +236,10 @@ def fit_level(stats, centroids: torch.Tensor, cfg: TokenizerConfig, k: int, n_ba
 
 
 def _fit_in_one_task(batched: BatchedSample, frozen: QuantizerState, centroids: torch.Tensor, cfg: TokenizerConfig,
-                     k: int, dim: int, balanced: bool, threads: int = 1):
+                     k: int, dim: int, balanced: bool):
     """fit_level in one task that holds the whole cached sample: its partitions (batch b, slot j at b * slots + j)
     are gathered by a coalesce, and each iteration sums its batch's slot statistics in slot order, as the driver
-    sums the blobs of batch_stats' job. The slots are computed on `threads` threads (torch and numpy release the
-    GIL in their kernels; each slot's arithmetic stays on one thread, as in a task of the job), so the result is
-    the same bit for bit. One job per level; the driver receives the K-sized result."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    sums the blobs of batch_stats' job. One job per level; the driver receives the K-sized result."""
     from .quantize import slot_stats
     from .runner import task_setup
 
@@ -275,40 +247,27 @@ def _fit_in_one_task(batched: BatchedSample, frozen: QuantizerState, centroids: 
     start = centroids.numpy()
 
     def task(items):
+        parts = {}
         dev, (cbs, prs) = task_setup(frozen.device, frozen.tensors)
-        pool = ThreadPoolExecutor(max(1, threads))
-
-        def frozen_residual(array):
+        for index, array in items:
             # The frozen levels' residuals once, not in every iteration: the same rows through the same kernel as
             # slot_stats would run them, so the same numbers (the task holds them instead of the sample).
             if len(array) and cbs:
                 array = km.residual_encode(torch.from_numpy(array).to(dev), cbs, prs, frozen.block_rows)[1]
                 array = array.cpu().numpy()
-            return array
-
-        items = list(items)
-        parts = {}
-        for (index, _), array in zip(items, pool.map(frozen_residual, [a for _, a in items])):
             parts.setdefault(index, []).append(array)
-        del items
 
         def stats(batch, level_codebook, level_prices, pricing):
             cb = km.as_tensor(level_codebook, dev)
             pr = None if level_prices is None else km.as_tensor(level_prices, dev)  # slot_stats: unless it solves
-
-            def one(j):
-                return slot_stats(parts.get(batch * slots + j, []), dev, [], [], cb, pr, dim, frozen.block_rows,
-                                  pricing)
-
             total = None
-            for st in pool.map(one, range(slots)):  # in slot order
+            for j in range(slots):
+                st = slot_stats(parts.get(batch * slots + j, []), dev, [], [], cb, pr, dim, frozen.block_rows,
+                                pricing)
                 total = st if total is None else total + st
             return total
 
-        try:
-            yield fit_level(stats, torch.from_numpy(start), cfg, k, n_batches, balanced)
-        finally:
-            pool.shutdown()
+        yield fit_level(stats, torch.from_numpy(start), cfg, k, n_batches, balanced)
 
     tagged = batched.rdd.mapPartitionsWithIndex(lambda i, arrays: ((i, a) for a in arrays)).coalesce(1)
     (result,) = tagged.mapPartitions(task).collect()  # driver-ok: one level's codebook, prices and history
@@ -316,14 +275,14 @@ def _fit_in_one_task(batched: BatchedSample, frozen: QuantizerState, centroids: 
 
 
 def train_level(batched: BatchedSample, frozen: QuantizerState, init_x: np.ndarray, cfg: TokenizerConfig,
-                level: int, dim: int, balanced: bool = False, in_task: bool = False, threads: int = 1):
+                level: int, dim: int, balanced: bool = False, in_task: bool = False):
     """Fit the codebook of `level` on residuals of the frozen levels.
 
     A balanced level assigns by ``argmin ||r - c||^2 + p`` with prices every slot of the mini-batch solves for its
     own rows inside the statistics job (quantize.SlotPricing: Sinkhorn on the executors), so each centre is the mean
     of a balanced cluster; one more pass over the next mini-batch solves the final prices for the final centres.
-    The driver holds K-sized prices only. `in_task`: the whole loop runs in one task (train_in_one_task) that
-    computes the slots on `threads` threads, with the same result. Returns (codebook, prices, history)."""
+    The driver holds K-sized prices only. `in_task`: the whole loop runs in one task (train_in_one_task), with the
+    same result. Returns (codebook, prices, history)."""
     k = cfg.codebook_size_for(level)
     rng = np.random.default_rng([cfg.seed, level])
     cbs = [torch.from_numpy(c) for c in frozen.codebooks]
@@ -339,7 +298,7 @@ def train_level(batched: BatchedSample, frozen: QuantizerState, init_x: np.ndarr
         progress = Progress(log, what, total, after=total * (cfg.levels - level - 1))
         log.info("train level %d/%d%s: up to %d iterations in one task", level + 1, cfg.levels,
                  " (balanced)" if balanced else "", total)
-        codebook, prices, history = _fit_in_one_task(batched, frozen, centroids, cfg, k, dim, balanced, threads)
+        codebook, prices, history = _fit_in_one_task(batched, frozen, centroids, cfg, k, dim, balanced)
         last = history[-1]
         progress.step(len(history), f"in one task; rows={last['rows']} mse={last['mse']:.6g} "
                                     f"shift={last['shift']:.3g} codes {last['min_count']}..{last['max_count']}",
@@ -374,20 +333,17 @@ def train_residual_kmeans(prepared: Prepared, cfg: TokenizerConfig, balanced=Non
         n_sample = batched.n_rows
         _check_sample(n_sample, cfg)
         init_x = init_rows(batched, seeding_rows(cfg, n_sample))
-        spark = prepared.valid.sparkSession
-        in_task = train_in_one_task(spark, cfg, n_sample, batched.n_batches, batched.slots, prepared.dim,
-                                    any_balanced)
-        threads = min(in_task_threads(spark), batched.slots) if in_task else 1
+        in_task = train_in_one_task(prepared.valid.sparkSession, cfg, n_sample, batched.n_batches, batched.slots,
+                                    prepared.dim, any_balanced)
         log.info("training %d sample rows in %d mini-batch(es) of %d slot(s), %s", n_sample, batched.n_batches,
-                 batched.slots, f"each level in one task on {threads} thread(s)" if in_task
-                 else "one job per iteration")
+                 batched.slots, "each level in one task" if in_task else "one job per iteration")
         result = start or TrainResult([], [], n, n_sample)
         result.n_items, result.n_sample = n, n_sample
         for level in range(len(result.codebooks), cfg.levels):
             frozen = QuantizerState(tuple(result.codebooks), tuple(result.prices), cfg.block_rows, cfg.device)
             is_balanced = bool(balanced(level)) if balanced else False
             cb, prices, hist = train_level(batched, frozen, init_x, cfg, level, prepared.dim, is_balanced,
-                                           in_task=in_task, threads=threads)
+                                           in_task=in_task)
             result.codebooks.append(cb)
             result.prices.append(prices)
             result.history.extend(hist)
