@@ -208,44 +208,41 @@ def main():
         if "train" in sections:
             print(f"\n## train 3 x 256 on {n:,} x 128")
             print(f"{'tool':40s} {'seconds':>8} {'rel. error':>10}")
-            t = time.perf_counter()
-            ours = ResidualKMeansTokenizer(levels=L, codebookSize=K, balance="none").fit(df)
-            ours_s = time.perf_counter() - t
-            ours_e = rel_error(x, ours.codebooks)
-            print(f"{'sid_spark (balance=none, local[2])':40s} {ours_s:>8.1f} {ours_e:>10.4f}")
             from sid_spark.spark.train import IN_TASK_CONF
 
-            spark.conf.set(IN_TASK_CONF, "false")
-            t = time.perf_counter()
-            jobs = ResidualKMeansTokenizer(levels=L, codebookSize=K, balance="none").fit(df)
-            jobs_s = time.perf_counter() - t
-            spark.conf.unset(IN_TASK_CONF)
-            same = all(np.array_equal(a, b) for a, b in zip(jobs.codebooks, ours.codebooks))
+            def fit(balance, in_task="auto"):
+                """(model, seconds) of one fit; in_task "false": one Spark job per iteration."""
+                spark.conf.set(IN_TASK_CONF, in_task)
+                try:
+                    t = time.perf_counter()
+                    model = ResidualKMeansTokenizer(levels=L, codebookSize=K, balance=balance).fit(df)
+                    return model, time.perf_counter() - t
+                finally:
+                    spark.conf.unset(IN_TASK_CONF)
+
+            def same(a, b):
+                return "identical" if all(np.array_equal(u, v) for u, v in zip(a.codebooks, b.codebooks)) \
+                    else "DIFFERENT"
+
+            ours, ours_s = fit("none")
+            ours_e = rel_error(x, ours.codebooks)
+            print(f"{'sid_spark (balance=none, local[2])':40s} {ours_s:>8.1f} {ours_e:>10.4f}")
+            jobs, jobs_s = fit("none", "false")
             print(f"{'  the same, one Spark job per iteration':40s} {jobs_s:>8.1f} "
-                  f"{rel_error(x, jobs.codebooks):>10.4f}  (codebooks {'identical' if same else 'DIFFERENT'}; "
-                  f"the row above: each level in one task "
-                  f"where the cost model says so)")
+                  f"{rel_error(x, jobs.codebooks):>10.4f}  (codebooks {same(jobs, ours)}; the row above: each "
+                  f"level in one task where the cost model says so)")
             # warm: the first fit above also paid for the JVM's and the Python workers' first use
-            t = time.perf_counter()
-            ResidualKMeansTokenizer(levels=L, codebookSize=K, balance="none").fit(df)
-            warm_s = time.perf_counter() - t
+            warm_s = fit("none")[1]
             print(f"{'  the same, warm':40s} {warm_s:>8.1f}")
             ours_s = min(ours_s, warm_s)
             bal = None
             if args.exact:
-                t = time.perf_counter()
-                bal = ResidualKMeansTokenizer(levels=L, codebookSize=K, balance="exact").fit(df)
-                bal_s = time.perf_counter() - t
+                bal, bal_s = fit("exact")
                 print(f"{'sid_spark (balance=exact, train only)':40s} {bal_s:>8.1f} "
                       f"{rel_error(x, bal.codebooks):>10.4f}  (greedy codes; exact sizes need the balanced encode)")
-                spark.conf.set(IN_TASK_CONF, "false")
-                t = time.perf_counter()
-                bal_jobs = ResidualKMeansTokenizer(levels=L, codebookSize=K, balance="exact").fit(df)
-                bal_jobs_s = time.perf_counter() - t
-                spark.conf.unset(IN_TASK_CONF)
-                same = all(np.array_equal(a, b) for a, b in zip(bal_jobs.codebooks, bal.codebooks))
+                bal_jobs, bal_jobs_s = fit("exact", "false")
                 print(f"{'  the same, one Spark job per iteration':40s} {bal_jobs_s:>8.1f}  (codebooks "
-                      f"{'identical' if same else 'DIFFERENT'})")
+                      f"{same(bal_jobs, bal)})")
                 print(f"balanced / unbalanced training: {bal_s / ours_s:.2f}x as chosen (warm), "
                       f"{bal_jobs_s / jobs_s:.2f}x with one job per iteration (target <= 1.5)")
             if not args.skip_peers:
