@@ -44,6 +44,48 @@ def jvm_pid(spark) -> int:
     return proc.pid
 
 
+class WorkerPeak:
+    """Peak resident memory of the Spark JVM's Python workers (the executors' tasks, in local mode), sampled.
+
+    A thread reads the RSS of every process under the JVM whose command line names pyspark (the daemon and the
+    workers it forks; a reused worker runs one task at a time) every `interval` seconds. take() returns the
+    largest RSS seen since the last take() in MB, so each phase of a run gets its own figure. Sampled, so a
+    spike shorter than the interval can be missed; the figure is a worker's whole process (the interpreter,
+    torch, the task's arrays), an upper bound on what its task allocated."""
+
+    def __init__(self, jpid: int, interval: float = 0.1):
+        import threading
+
+        self.jpid, self.interval, self.peak = jpid, interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import psutil
+
+        jvm = psutil.Process(self.jpid)
+        while not self._stop.is_set():
+            try:
+                for p in jvm.children(recursive=True):
+                    try:
+                        if "pyspark" in " ".join(p.cmdline()):
+                            self.peak = max(self.peak, p.memory_info().rss)
+                    except psutil.Error:
+                        pass
+            except psutil.Error:
+                return
+            self._stop.wait(self.interval)
+
+    def take(self) -> float:
+        peak, self.peak = self.peak, 0
+        return round(peak / 2 ** 20, 1)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def one_run(args) -> dict:
     """Runs inside a fresh process: generate, train, encode; return the figures."""
     sys.path.insert(0, str(ROOT))

@@ -5,6 +5,10 @@ For each K in --ks and each balance mode a fresh driver process generates a synt
 
   train_s, encode_s        wall seconds of fit() and of the materialised encode
   py_peak_mb, jvm_peak_mb  peak resident memory (VmHWM) of the Python driver and of the Spark JVM
+  task MB (train, encode)  the largest resident set of one Python worker (one executor task at a time) during
+                           fit() and during the encode, sampled every 0.1 s (bench_driver_memory.WorkerPeak),
+                           beside an idle worker's (torch and the kernels imported, nothing done) and
+                           kernels.kmeans.task_memory_bytes, the bound on what a task's kernels allocate on top
   rel_err                  sum ||x - x_hat||^2 / sum ||x||^2, over every item (an executor-side sum)
   min/max per level        the smallest and largest code of each level
 
@@ -27,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_driver_memory import jvm_pid, vm_hwm_mb  # noqa: E402
+from bench_driver_memory import WorkerPeak, jvm_pid, vm_hwm_mb  # noqa: E402
 
 
 def rel_error(df, model, sids, dim: int) -> float:
@@ -58,6 +62,33 @@ def rel_error(df, model, sids, dim: int) -> float:
     return row[0] / row[1]
 
 
+def worker_baseline(spark, workers) -> float:
+    """The resident set of a Python worker that has imported what a task imports (torch, pyarrow, the kernels)
+    and done nothing else: what WorkerPeak's figures include besides the task's own memory."""
+    def part(batches):
+        import torch  # noqa: F401
+
+        import sid_spark.kernels.kmeans  # noqa: F401
+        import sid_spark.spark.quantize  # noqa: F401
+
+        for b in batches:
+            yield b
+
+    workers.take()
+    spark.range(0, 4, numPartitions=2).mapInArrow(part, "id long").collect()
+    time.sleep(0.5)
+    return workers.take()
+
+
+def task_bound_mb(args, k: int) -> float:
+    """kernels.kmeans.task_memory_bytes for this run (every level, a balanced level's pricing entries), in MB."""
+    from sid_spark.kernels import kmeans as km
+    from sid_spark.spark.quantize import SLOT_PRICE_ENTRIES
+
+    entries = SLOT_PRICE_ENTRIES if args.balance == "exact" else 0
+    return round(km.task_memory_bytes([k] * args.levels, args.dim, price_entries=entries) / 2 ** 20, 1)
+
+
 def one_run(args) -> dict:
     sys.path.insert(0, str(ROOT))
     import numpy as np
@@ -79,15 +110,20 @@ def one_run(args) -> dict:
             .write.mode("overwrite").parquet(str(cat))
     df = spark.read.parquet(str(cat))
     k = args.ks[0]
+    workers = WorkerPeak(jpid)
+    idle_worker_mb = worker_baseline(spark, workers)
     t0 = time.time()
     model = ResidualKMeansTokenizer(levels=args.levels, codebook_size=k, balance=args.balance, seed=1,
                                     max_iter=args.max_iter, sample_size=args.sample_size,
                                     init_factor=args.init_factor).fit(df)
     train_s = time.time() - t0
+    task_train = workers.take()
     t0 = time.time()
     sids = model.encode(df).sids
     sids.write.mode("overwrite").parquet(str(work / "sids"))
     encode_s = time.time() - t0
+    task_encode = workers.take()
+    workers.stop()
     sids = spark.read.parquet(str(work / "sids"))
     sizes = []
     for level in range(args.levels):
@@ -96,6 +132,7 @@ def one_run(args) -> dict:
     out = {"items": args.items[0], "dim": args.dim, "levels": args.levels, "k": k, "balance": args.balance,
            "train_s": round(train_s, 1), "encode_s": round(encode_s, 1),
            "py_peak_mb": round(vm_hwm_mb(), 1), "jvm_peak_mb": round(vm_hwm_mb(jpid), 1),
+           "idle_worker_mb": idle_worker_mb, "task_train_mb": task_train, "task_encode_mb": task_encode, "task_bound_mb": task_bound_mb(args, k),
            "rel_err": round(rel_error(df, model, sids, args.dim), 4), "sizes": sizes}
     spark.stop()
     return out
@@ -122,8 +159,9 @@ def main() -> None:
         print("RESULT " + json.dumps(one_run(args)), flush=True)
         return
     work = args.workdir or tempfile.mkdtemp(prefix="bench_large_k_")
-    print("| K | balance | train s | encode s | py peak MB | JVM peak MB | rel err | min..max per level |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| K | balance | train s | encode s | py peak MB | JVM peak MB | task MB train, encode (idle worker; bound) | rel err "
+          "| min..max per level |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for k in args.ks:
         for mode in args.modes.split(","):
             cmd = [sys.executable, __file__, "--child", "--items", str(args.items[0]), "--ks", str(k),
@@ -140,7 +178,8 @@ def main() -> None:
             r = json.loads(line[7:])
             sizes = ", ".join(f"{a}..{b}" for a, b in r["sizes"])
             print(f"| {k} | {mode} | {r['train_s']} | {r['encode_s']} | {r['py_peak_mb']} | {r['jvm_peak_mb']} | "
-                  f"{r['rel_err']} | {sizes} |", flush=True)
+                  f"{r['task_train_mb']}, {r['task_encode_mb']} ({r['idle_worker_mb']}; {r['task_bound_mb']}) | {r['rel_err']} | {sizes} |",
+                  flush=True)
 
 
 if __name__ == "__main__":
