@@ -166,6 +166,37 @@ def test_training_statistics_summed_on_the_driver_equal_the_tree(spark):
         batched.unpersist()
 
 
+def test_cut_in_small_chunks_gives_the_same_mini_batches(spark):
+    """The cut sends each input partition on in chunks of CUT_CHUNK_BYTES (a cut task's memory does not grow with
+    its partition): with one chunk per Arrow batch (10,000 rows, Spark's default; an input partition of 12,500 rows
+    is two) the mini-batches are the same arrays, row for row."""
+    import pandas as pd
+
+    from sid_spark.spark import batches as B
+
+    n, d = 25_000, 4
+    x = np.random.default_rng(11).standard_normal((n, d)).astype(np.float32)
+    u = np.random.default_rng(12).permutation(n).astype(np.float64) / n
+    pdf = pd.DataFrame({"_vec": list(x), "_u": u})
+    df = spark.createDataFrame(pdf).repartition(2)
+
+    def cut(chunk_bytes=B.CUT_CHUNK_BYTES):
+        batched = B.batched_sample(df, "_u", n, n // 3, d, chunk_bytes=chunk_bytes)
+        try:
+            return batched.part_rows, batched.rdd.collect()  # test only: 25,000 x 4
+        finally:
+            batched.unpersist()
+
+    whole_rows, whole = cut()
+    small_rows, small = cut(chunk_bytes=1)
+    assert small_rows == whole_rows and sum(whole_rows) == n and len(whole) == len(whole_rows)
+    for a, b in zip(whole, small):
+        np.testing.assert_array_equal(a, b)
+    # every partition in hash order, and together the input rows
+    order = np.argsort(u, kind="stable")
+    np.testing.assert_array_equal(np.concatenate(whole), x[order])
+
+
 def test_partition_keys_land_on_their_partition_under_spark_hash_partitioning(spark):
     """The mini-batch cut's keys: Spark's own hash partitioning (a DataFrame repartition) sends key p to partition p."""
     from pyspark.sql import functions as F

@@ -29,6 +29,10 @@ _KEY = "_part"
 # bytes (one stage and no shuffle: a few slots at moderate K, where the tree's extra stage is most of an
 # iteration's cost); larger, they are summed on the executors (tree_reduce). Either way the same left-to-right sum.
 DIRECT_SUM_BYTES = 16 << 20
+# The cut sends a partition's rows on in chunks of about this many bytes of vectors (one record per destination
+# partition and chunk): a cut task's memory is bounded by it, not by the size of its input partition (a 250,000-row
+# partition at d = 256 held twice, 512 MB, before).
+CUT_CHUNK_BYTES = 32 << 20
 
 
 @dataclass
@@ -100,12 +104,13 @@ def slot_count(batch_rows: int, parallelism: int, slot_rows: Optional[int] = Non
 
 
 def batched_sample(sample: DataFrame, unit_col: str, expected_rows: int, batch_size: int, dim: int,
-                   slot_rows: Optional[int] = None) -> BatchedSample:
+                   slot_rows: Optional[int] = None, chunk_bytes: int = CUT_CHUNK_BYTES) -> BatchedSample:
     """Cut `sample` (columns _vec and `unit_col`, a uniform [0, 1) hash) into mini-batches of ~batch_size rows
     (their number from `expected_rows`, so it is known before the pass), each in slot_count() slots.
 
     Batch b holds the rows whose unit falls in [b / n_batches, (b + 1) / n_batches), so the first iterations see the
-    same rows as a hash-range filter would. One pass over the sample plus one shuffle of its raw float32 bytes."""
+    same rows as a hash-range filter would. One pass over the sample plus one shuffle of its raw float32 bytes,
+    sent on in chunks of `chunk_bytes` of each input partition's vectors (the batches do not depend on it)."""
     sc = sample.sparkSession.sparkContext
     n_batches = max(1, math.ceil(expected_rows / batch_size))
     slots = slot_count(expected_rows // n_batches, sc.defaultParallelism, slot_rows)
@@ -115,18 +120,7 @@ def batched_sample(sample: DataFrame, unit_col: str, expected_rows: int, batch_s
 
     hash_keys = partition_keys(n_parts)
 
-    def chunks(batches):
-        """Per input partition: one (key, units, vectors) record per destination partition it feeds, the key the
-        one that Spark's hash partitioning sends to that partition (partition_keys)."""
-        keys, units, mats = [], [], []
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            keys.append(batch.column(0).to_numpy())
-            units.append(batch.column(1).to_numpy())
-            mats.append(arrow_matrix(batch.column(2), dim))
-        if not keys:
-            return
+    def flush(keys, units, mats):
         k, u, x = np.concatenate(keys), np.concatenate(units), np.concatenate(mats)
         order = np.argsort(k, kind="stable")
         k, u, x = k[order], u[order], x[order]
@@ -135,6 +129,25 @@ def batched_sample(sample: DataFrame, unit_col: str, expected_rows: int, batch_s
             yield pa.RecordBatch.from_arrays(
                 [pa.array([int(hash_keys[k[lo]])], pa.int32()), pa.array([u[lo:hi].tobytes()], pa.binary()),
                  pa.array([np.ascontiguousarray(x[lo:hi]).tobytes()], pa.binary())], ["k", "u", "x"])
+
+    def chunks(batches):
+        """Per input partition: one (key, units, vectors) record per destination partition it feeds and per
+        chunk_bytes of its vectors, the key the one that Spark's hash partitioning sends to that partition
+        (partition_keys). The task holds at most ~2 x CUT_CHUNK_BYTES of vectors (the rows gathered and their
+        sorted copy) beyond one Arrow batch, whatever the input partition's size."""
+        keys, units, mats, held = [], [], [], 0
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            keys.append(batch.column(0).to_numpy())
+            units.append(batch.column(1).to_numpy())
+            mats.append(arrow_matrix(batch.column(2), dim))
+            held += mats[-1].nbytes
+            if held >= chunk_bytes:
+                yield from flush(keys, units, mats)
+                keys, units, mats, held = [], [], [], 0
+        if keys:
+            yield from flush(keys, units, mats)
 
     schema = T.StructType([T.StructField("k", T.IntegerType()), T.StructField("u", T.BinaryType()),
                            T.StructField("x", T.BinaryType())])
