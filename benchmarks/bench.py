@@ -58,20 +58,27 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def best_rate(fn, n, device="cpu", repeat=3):
+    """n / the best of `repeat` timings of fn() (items/s), the device synchronised around each; fn() runs once
+    before, untimed (warm-up)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return n / best
+
+
 def kernel_ips(x, codebooks, threads, device="cpu", block_rows=km.DEFAULT_BLOCK_ROWS):
     """Items/s of the encode kernel (codes only, as the encode job calls it); best of three runs."""
     torch.set_num_threads(threads)
     xt = torch.from_numpy(x).to(device)
     cbs = [torch.from_numpy(c).to(device) for c in codebooks]
-    km.residual_encode(xt[:8192], cbs, block_rows=block_rows, with_residual=False)
-    best = float("inf")
-    for _ in range(3):
-        sync(device)
-        t = time.perf_counter()
-        km.residual_encode(xt, cbs, block_rows=block_rows, with_residual=False)
-        sync(device)
-        best = min(best, time.perf_counter() - t)
-    return len(x) / best
+    return best_rate(lambda: km.residual_encode(xt, cbs, block_rows=block_rows, with_residual=False), len(x),
+                     device)
 
 
 def rel_error(x, codebooks):

@@ -132,7 +132,8 @@ def one_run(args) -> dict:
     out = {"items": args.items[0], "dim": args.dim, "levels": args.levels, "k": k, "balance": args.balance,
            "train_s": round(train_s, 1), "encode_s": round(encode_s, 1),
            "py_peak_mb": round(vm_hwm_mb(), 1), "jvm_peak_mb": round(vm_hwm_mb(jpid), 1),
-           "idle_worker_mb": idle_worker_mb, "task_train_mb": task_train, "task_encode_mb": task_encode, "task_bound_mb": task_bound_mb(args, k),
+           "idle_worker_mb": idle_worker_mb, "task_train_mb": task_train, "task_encode_mb": task_encode,
+           "task_bound_mb": task_bound_mb(args, k),
            "rel_err": round(rel_error(df, model, sids, args.dim), 4), "sizes": sizes}
     spark.stop()
     return out
@@ -159,8 +160,8 @@ def main() -> None:
         print("RESULT " + json.dumps(one_run(args)), flush=True)
         return
     work = args.workdir or tempfile.mkdtemp(prefix="bench_large_k_")
-    print("| K | balance | train s | encode s | py peak MB | JVM peak MB | task MB train, encode (idle worker; bound) | rel err "
-          "| min..max per level |")
+    print("| K | balance | train s | encode s | py peak MB | JVM peak MB "
+          "| task MB train, encode (idle worker; bound) | rel err | min..max per level |")
     print("|---|---|---|---|---|---|---|---|---|")
     for k in args.ks:
         for mode in args.modes.split(","):
@@ -178,8 +179,8 @@ def main() -> None:
             r = json.loads(line[7:])
             sizes = ", ".join(f"{a}..{b}" for a, b in r["sizes"])
             print(f"| {k} | {mode} | {r['train_s']} | {r['encode_s']} | {r['py_peak_mb']} | {r['jvm_peak_mb']} | "
-                  f"{r['task_train_mb']}, {r['task_encode_mb']} ({r['idle_worker_mb']}; {r['task_bound_mb']}) | {r['rel_err']} | {sizes} |",
-                  flush=True)
+                  f"{r['task_train_mb']}, {r['task_encode_mb']} ({r['idle_worker_mb']}; {r['task_bound_mb']}) | "
+                  f"{r['rel_err']} | {sizes} |", flush=True)
 
 
 if __name__ == "__main__":

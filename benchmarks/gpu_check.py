@@ -10,28 +10,15 @@ the device's score tile (kernels.kmeans.code_tile_for) and with the CPU's, and o
 from __future__ import annotations
 
 import argparse
-import time
+import os
+import sys
 
 import torch
 
-from sid_spark.kernels import kmeans as km
+sys.path.insert(0, os.path.dirname(__file__))
 
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
-def _rate(fn, n: int, dev: torch.device, repeat: int = 3) -> float:
-    fn()  # warm-up (cuBLAS handles, allocator)
-    _sync(dev)
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        _sync(dev)
-        best = min(best, time.perf_counter() - t)
-    return n / best
+from bench import best_rate  # noqa: E402
+from sid_spark.kernels import kmeans as km  # noqa: E402
 
 
 def main() -> None:
@@ -71,11 +58,11 @@ def main() -> None:
         xb = torch.randn(args.rows, args.dim, device=dev)
         dcbs = [c.to(dev) for c in cbs]
         for tile in sorted({km.code_tile_for(dev), km.DEFAULT_CODE_TILE}, reverse=True):
-            ips = _rate(lambda: km.residual_encode(xb, dcbs, block_rows=65536 if dev.type == "cuda" else 4096,
-                                                   with_residual=False, code_tile=tile), args.rows, dev)
+            ips = best_rate(lambda: km.residual_encode(xb, dcbs, block_rows=65536 if dev.type == "cuda" else 4096,
+                                                       with_residual=False, code_tile=tile), args.rows, dev)
             gflops = ips * 2 * 2 * k * args.dim / 1e9
             print(f"  residual encode, 2 levels, tile {tile}: {ips:,.0f} items/s ({gflops:,.0f} GFLOP/s)")
-        ips = _rate(lambda: km.assign(xb, dcbs[0], prices.to(dev), topk=2), args.rows, dev)
+        ips = best_rate(lambda: km.assign(xb, dcbs[0], prices.to(dev), topk=2), args.rows, dev)
         print(f"  top-2 (the balanced pass), 1 level: {ips:,.0f} items/s")
 
 
