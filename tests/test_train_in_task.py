@@ -172,3 +172,35 @@ def test_balanced_level_warms_up_then_reprices_every_fourth_exact_step():
     after = exact[0][3]
     codes = ((data[batch][:, None, :] - before[None]) ** 2).sum(-1).argmin(1)
     assert not all(np.allclose(after[c], data[batch][codes == c].mean(0), atol=1e-6) for c in np.unique(codes))
+
+
+@pytest.mark.parametrize("rows, warm", [(40, 12), (1000, 9), (2000, 6)])
+def test_balanced_warm_up_ends_after_its_pass_or_enough_rows_per_code(rows, warm):
+    """A balanced level's greedy warm-up over 12 mini-batches: the whole pass when a batch holds few rows per code,
+    else the first iteration, after WARMUP_ITER, at which it has seen WARMUP_ROWS_PER_CODE rows per code (k = 4:
+    8,192 rows, 9 batches of 1,000, WARMUP_ITER of 2,000)."""
+    import torch
+
+    from sid_spark.spark.quantize import LevelStats
+
+    assert train_mod.WARMUP_ROWS_PER_CODE * 4 == 8192 and train_mod.WARMUP_ITER == 6
+    rng = np.random.default_rng(1)
+    k, d, n_batches = 4, 3, 12
+    data = [rng.normal(size=(rows, d)).astype(np.float32) for _ in range(n_batches)]
+    pricings = []
+
+    def stats(batch, centroids, prices, pricing):
+        pricings.append(pricing)
+        x = data[batch]
+        codes = ((x[:, None, :] - centroids[None]) ** 2).sum(-1).argmin(1)
+        sums = np.zeros((k, d))
+        np.add.at(sums, codes, x.astype(np.float64))
+        st = LevelStats(np.bincount(codes, minlength=k), sums, 0.0, len(x))
+        if pricing is not None and not pricing.reuse:
+            st.price_sum, st.price_rows = len(x) * np.arange(k, dtype=np.float64), len(x)
+        return st
+
+    cfg = TokenizerConfig(levels=1, codebook_size=k, max_iter=30, tol=0.0, balance_exact_steps=4)
+    train_mod.fit_level(stats, torch.from_numpy(data[0][:k].copy()), cfg, k, n_batches, True)
+    assert pricings[:warm] == [None] * warm and pricings[warm] is not None and pricings[warm].exact
+    assert len(pricings) == warm + 4 + 1
