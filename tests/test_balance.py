@@ -63,6 +63,25 @@ def test_exact_assign_sizes_on_skewed_data(n):
     assert sizes_exact(codes, n, 16)
 
 
+def test_priced_distances_block_by_block_equal_the_dense_float64_costs():
+    """exact_assign reads dist + prices in float64 a row block at a time (PricedDistances, top2): the same costs,
+    first choices and regrets as the dense (n, K) float64 matrix, ties included (integer distances), over blocks
+    of 7 rows."""
+    rng = np.random.default_rng(5)
+    dist = torch.from_numpy(rng.integers(0, 3, size=(50, 6)).astype(np.float32))
+    prices = (rng.integers(-1, 2, size=6) * 0.5).astype(np.float32)
+    dense = dist.to(torch.float64) + torch.as_tensor(prices, dtype=torch.float64)
+    costs = bal.PricedDistances(dist, prices)
+    rows = np.array([49, 3, 3, 0])
+    assert torch.equal(costs[rows], dense[rows]) and torch.equal(costs[slice(10, 17)], dense[10:17])
+    best = torch.topk(dense, 2, dim=1, largest=False)
+    first, regret = bal.top2(costs, block_rows=7)
+    np.testing.assert_array_equal(first, best.indices[:, 0].numpy())
+    np.testing.assert_array_equal(regret, (best.values[:, 1] - best.values[:, 0]).numpy())
+    assert (regret == 0).any()  # the case has ties
+    assert torch.equal(bal.PricedDistances(dist, None)[rows], dist[rows].to(torch.float64))
+
+
 def test_sinkhorn_prices_balance_the_sample():
     x = torch.from_numpy(skewed(3200, 8, seed=1))
     c = km.kmeans_pp(x, 32, np.random.default_rng(1))

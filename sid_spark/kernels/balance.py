@@ -81,15 +81,43 @@ def rank_within(groups: np.ndarray, keys: Sequence[np.ndarray], k: int) -> np.nd
     return rank
 
 
+class PricedDistances:
+    """dist + prices in float64, row block by row block: what ``dist.to(float64) + prices`` holds, without the
+    (n, K) float64 matrix (8 n K bytes, and the page faults of allocating it: two thirds of an exact training
+    step's assignment at 31,250 x 256). Indexing with rows gives those rows' costs, as repair() reads them."""
+
+    def __init__(self, dist: torch.Tensor, prices: Optional[np.ndarray]):
+        self.dist = dist
+        self.shape = dist.shape
+        self.prices = None if prices is None else torch.as_tensor(prices, dtype=torch.float64, device=dist.device)
+
+    def __getitem__(self, rows) -> torch.Tensor:
+        rows = torch.as_tensor(rows, device=self.dist.device) if isinstance(rows, np.ndarray) else rows
+        costs = self.dist[rows].to(torch.float64)
+        if self.prices is not None:
+            costs += self.prices
+        return costs
+
+
+def top2(costs: PricedDistances, block_rows: int = 4096):
+    """(first choice (n,) int64, regret (n,) float64: second-best cost minus best) of every row, block by block
+    (torch.topk is row-wise: the same as on the whole matrix)."""
+    n = costs.shape[0]
+    first, regret = np.empty(n, np.int64), np.empty(n, np.float64)
+    for start in range(0, n, block_rows):
+        best = torch.topk(costs[slice(start, start + block_rows)], 2, dim=1, largest=False)
+        first[start:start + block_rows] = best.indices[:, 0].cpu().numpy()
+        regret[start:start + block_rows] = (best.values[:, 1] - best.values[:, 0]).cpu().numpy()
+    return first, regret
+
+
 def exact_assign(dist: torch.Tensor, prices: Optional[np.ndarray], tie: np.ndarray, caps: Optional[np.ndarray] = None,
                  max_rounds: int = 64):
     """Single-process exact balanced assignment (the same algorithm the Spark path runs, used on small data and
     as its reference). dist: (n, K); tie: (n,) int64 stable hashes. Returns (codes (n,) int64, rounds)."""
     n, k = dist.shape
-    adj = dist.to(torch.float64) + (0 if prices is None else torch.as_tensor(prices, dtype=torch.float64))
-    top2 = torch.topk(adj, 2, dim=1, largest=False)
-    first = top2.indices[:, 0].cpu().numpy()
-    regret = (top2.values[:, 1] - top2.values[:, 0]).cpu().numpy()
+    adj = PricedDistances(dist, prices)
+    first, regret = top2(adj)
     if caps is None:
         caps = capacities(n, k, np.bincount(first, minlength=k))
     rank = rank_within(first, (np.arange(n), tie, -regret), k)
@@ -98,12 +126,13 @@ def exact_assign(dist: torch.Tensor, prices: Optional[np.ndarray], tie: np.ndarr
     return repair(adj, tie, free, max_rounds, codes)
 
 
-def repair(adj: torch.Tensor, tie: np.ndarray, free: np.ndarray, max_rounds: int = 64,
+def repair(adj, tie: np.ndarray, free: np.ndarray, max_rounds: int = 64,
            codes: Optional[np.ndarray] = None):
     """The repair rounds: rows without a code (codes < 0; all rows when `codes` is None) go, round after round, to
     their nearest code (under adj = dist + prices) that still has room in `free`, nearest applicants first (cost,
     then `tie`, then row index); after `max_rounds` rounds the leftovers fill the remaining room in (tie, index)
-    order. Ties between codes go to the lower code. Returns (codes (n,) int64, rounds)."""
+    order. Ties between codes go to the lower code. `adj`: an (n, K) float64 tensor or PricedDistances (rows are
+    read by index). Returns (codes (n,) int64, rounds)."""
     n, k = adj.shape
     codes = np.full(n, -1, np.int64) if codes is None else codes
     free = np.asarray(free, np.int64).copy()

@@ -254,8 +254,9 @@ def task_memory_bytes(sizes: Sequence[int], dim: int, block_rows: int = DEFAULT_
     + 24 * E                                 a balanced level's training (spark.quantize.SlotPricing), E =
                                              price_entries (SLOT_PRICE_ENTRIES = 2^24 there): the priced rows'
                                              residuals, distances and Sinkhorn kernel (3 x 4 E), or in an exact
-                                             step the slot's residuals and distances (2 x 4 E) and the exact
-                                             assignment's float64 costs and their repair copy (2 x 8 E)
+                                             step the slot's residuals and distances (2 x 4 E) and the float64
+                                             costs of the rows the repair moves, and their copy (2 x 8 E at
+                                             most; the first choices read them a block at a time)
 
     with b = block_rows and T = code_tile (DEFAULT_CODE_TILE on CPU; on CUDA code_tile_for(device), whose two
     score tiles stay within 1/CUDA_TILE_SHARE of the device's memory): linear in K and d, independent of the

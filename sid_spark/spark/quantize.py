@@ -227,8 +227,8 @@ def exact_slot_stats(x: torch.Tensor, dev: torch.device, cbs, prs, cb: torch.Ten
     to the whole catalog, on the slot. The prices: the slot's own solve on its first price_rows() rows (sent with
     the statistics), or `pr` with `pricing.reuse`. Needs the slot's residuals and (m, K) distances: callers keep
     m max(K, d) within SLOT_PRICE_ENTRIES (E), so the step holds at most 24 E bytes (residuals and distances,
-    float32; exact_assign's float64 costs and the repair's copy of them), and a slot too large for that assigns
-    under its prices as the loop does."""
+    float32; the float64 costs of the rows exact_assign's repair moves and its copy of them), and a slot too large
+    for that assigns under its prices as the loop does."""
     from ..kernels.balance import exact_assign
 
     k = cb.shape[0]
