@@ -119,6 +119,26 @@ def test_exact_steps_assign_every_slot_exactly(spark, catalog):
     assert max(h["max_count"] - h["min_count"] for h in base) > 2
 
 
+def recording_stats(data, k, calls):
+    """A fit_level `stats` over the mini-batches `data` (numpy rows): greedy counts and sums of the batch, each call
+    recorded in `calls` as (batch, prices given, pricing, centroids); a solving call's prices are (call number) x
+    (0, 1, ..., k - 1), weighted by the batch's rows."""
+    from sid_spark.spark.quantize import LevelStats
+
+    def stats(batch, centroids, prices, pricing):
+        calls.append((batch, None if prices is None else prices.copy(), pricing, centroids.copy()))
+        x = data[batch]
+        codes = ((x[:, None, :] - centroids[None]) ** 2).sum(-1).argmin(1)
+        sums = np.zeros((k, x.shape[1]))
+        np.add.at(sums, codes, x.astype(np.float64))
+        st = LevelStats(np.bincount(codes, minlength=k), sums, 0.0, len(x))
+        if pricing is not None and not pricing.reuse:
+            st.price_sum, st.price_rows = len(calls) * len(x) * np.arange(k, dtype=np.float64), len(x)
+        return st
+
+    return stats
+
+
 def test_balanced_level_warms_up_then_reprices_every_fourth_exact_step():
     """fit_level of a balanced level: greedy iterations (no pricing) up to WARMUP_ITER, then the exact steps, each
     solving its prices (reuse=False, no prices handed in) every PRICE_EVERY-th step and reusing the last solved
@@ -126,24 +146,11 @@ def test_balanced_level_warms_up_then_reprices_every_fourth_exact_step():
     the mini-batch learning rates restart (the first exact step moves every centre to its batch mean)."""
     import torch
 
-    from sid_spark.spark.quantize import LevelStats
-
     rng = np.random.default_rng(0)
     k, d = 4, 3
     data = [rng.normal(size=(40, d)).astype(np.float32) for _ in range(3)]
     calls = []
-
-    def stats(batch, centroids, prices, pricing):
-        calls.append((batch, None if prices is None else prices.copy(), pricing, centroids.copy()))
-        x = data[batch]
-        codes = ((x[:, None, :] - centroids[None]) ** 2).sum(-1).argmin(1)
-        sums = np.zeros((k, d))
-        np.add.at(sums, codes, x.astype(np.float64))
-        st = LevelStats(np.bincount(codes, minlength=k), sums, 0.0, len(x))
-        if pricing is not None and not pricing.reuse:
-            st.price_sum, st.price_rows = len(calls) * len(x) * np.arange(k, dtype=np.float64), len(x)
-        return st
-
+    stats = recording_stats(data, k, calls)
     cfg = TokenizerConfig(levels=1, codebook_size=k, max_iter=30, tol=0.0, balance_exact_steps=9)
     start = torch.from_numpy(data[0][:k].copy())
     _, prices, history = train_mod.fit_level(stats, start, cfg, k, 3, True)
@@ -181,26 +188,14 @@ def test_balanced_warm_up_ends_after_its_pass_or_enough_rows_per_code(rows, warm
     8,192 rows, 9 batches of 1,000, WARMUP_ITER of 2,000)."""
     import torch
 
-    from sid_spark.spark.quantize import LevelStats
-
     assert train_mod.WARMUP_ROWS_PER_CODE * 4 == 8192 and train_mod.WARMUP_ITER == 6
     rng = np.random.default_rng(1)
     k, d, n_batches = 4, 3, 12
     data = [rng.normal(size=(rows, d)).astype(np.float32) for _ in range(n_batches)]
-    pricings = []
-
-    def stats(batch, centroids, prices, pricing):
-        pricings.append(pricing)
-        x = data[batch]
-        codes = ((x[:, None, :] - centroids[None]) ** 2).sum(-1).argmin(1)
-        sums = np.zeros((k, d))
-        np.add.at(sums, codes, x.astype(np.float64))
-        st = LevelStats(np.bincount(codes, minlength=k), sums, 0.0, len(x))
-        if pricing is not None and not pricing.reuse:
-            st.price_sum, st.price_rows = len(x) * np.arange(k, dtype=np.float64), len(x)
-        return st
-
+    calls = []
     cfg = TokenizerConfig(levels=1, codebook_size=k, max_iter=30, tol=0.0, balance_exact_steps=4)
-    train_mod.fit_level(stats, torch.from_numpy(data[0][:k].copy()), cfg, k, n_batches, True)
+    train_mod.fit_level(recording_stats(data, k, calls), torch.from_numpy(data[0][:k].copy()), cfg, k, n_batches,
+                        True)
+    pricings = [c[2] for c in calls]
     assert pricings[:warm] == [None] * warm and pricings[warm] is not None and pricings[warm].exact
     assert len(pricings) == warm + 4 + 1
