@@ -366,8 +366,9 @@ def balance_level(t: DataFrame, s: DataFrame, id_col: str, model, level: int, n:
     return out, nxt_counts
 
 
-# Overflow rows the repair places in one task once that few remain: their distances to every code (float64 with the
-# prices, plus a float32 copy) stay within ~3 x 2^24 x 8 bytes (400 MB): 65,536 rows at K = 256, 2,048 at K = 8,192.
+# Overflow rows the repair places in one task once that few remain: their distances to every code (float32) and the
+# float64 costs of the rows a repair round moves, with its copy, stay within ~3 x 2^24 x 8 bytes (400 MB): 65,536
+# rows at K = 256, 2,048 at K = 8,192.
 LOCAL_REPAIR_ENTRIES = 1 << 24
 
 
@@ -384,7 +385,7 @@ def local_repair(overflow: DataFrame, id_col: str, lv: "_Level", prices: np.ndar
     residual) when given."""
     fields = [overflow.schema[id_col], T.StructField(CODE, T.IntegerType(), False)]
     schema = T.StructType(fields + (tail.fields() if tail is not None else []))
-    adj_prices = torch.from_numpy(np.asarray(prices, np.float64))
+    level_prices = np.asarray(prices, np.float64)
     room = np.asarray(free, np.int64)
 
     def setup(dev):
@@ -405,8 +406,9 @@ def local_repair(overflow: DataFrame, id_col: str, lv: "_Level", prices: np.ndar
         hashes = np.concatenate([s[2] for s in store])
         order = np.lexsort((np.arange(len(hashes)), ids.to_numpy(zero_copy_only=False), hashes))
         r = r[torch.from_numpy(order)]
-        adj = km.distances(r, cbs[-1].cpu(), block_rows=lv.block_rows).to(torch.float64)
-        codes, _ = bal.repair(adj + adj_prices, hashes[order], room, max_rounds)
+        # The float64 costs of the rows each round moves, not the dense (rows, K) matrix (twice, before).
+        costs = bal.PricedDistances(km.distances(r, cbs[-1].cpu(), block_rows=lv.block_rows), level_prices)
+        codes, _ = bal.repair(costs, hashes[order], room, max_rounds)
         out = {id_col: ids.take(pa.array(order)), CODE: codes}
         if tail is not None:
             r -= cbs[-1].cpu()[torch.as_tensor(np.asarray(codes, np.int64))]
