@@ -167,13 +167,45 @@ def batched_sample(sample: DataFrame, unit_col: str, expected_rows: int, batch_s
         yield np.ascontiguousarray(x[np.argsort(u, kind="stable")])
 
     # The shuffle is the SQL engine's (binary rows, no Python pickling on the way); an explicit partition count is
-    # never coalesced by adaptive execution, and assemble checks every chunk's destination anyway.
-    shuffled = rows.mapInArrow(chunks, schema).repartition(n_parts, "k").rdd
+    # never coalesced by adaptive execution, and assemble checks every chunk's destination anyway. Its records
+    # reach Python as Arrow batches (arrow_records), not as pickled Rows.
+    shuffled_df = rows.mapInArrow(chunks, schema).repartition(n_parts, "k")
+    shuffled = arrow_records(shuffled_df, pa.schema([("k", pa.int32()), ("u", pa.binary()), ("x", pa.binary())]))
+    if shuffled is None:
+        shuffled = shuffled_df.rdd
     if shuffled.getNumPartitions() != n_parts:
         raise RuntimeError(f"mini-batch shuffle gave {shuffled.getNumPartitions()} partitions, not {n_parts}")
     rdd = shuffled.mapPartitionsWithIndex(assemble, preservesPartitioning=True).persist(StorageLevel.MEMORY_AND_DISK)
     part_rows = [int(v) for v in rdd.map(len).collect()]  # driver-ok: one count per partition
     return BatchedSample(rdd, n_batches, slots, int(sum(part_rows)), dim, part_rows)
+
+
+def arrow_records(df: DataFrame, schema: pa.Schema) -> Optional[RDD]:
+    """The rows of `df` as an RDD of tuples (one per row, `schema`'s columns; binary values as pyarrow Buffers,
+    which numpy reads without a copy), handed from the JVM to Python as Arrow record batches: the Dataset's Arrow
+    batch RDD (what toPandas collects), one row per batch, read back with `schema`. DataFrame.rdd instead pickles
+    every Row in the JVM (Pyrolite) and unpickles it in Python: 5.5-6.7 s against 2.4-2.5 s for 512 MB of binary
+    values in 64 rows on local[2]. The batch RDD is not public API: None where this Spark (or Spark Connect) has
+    none, and the caller takes DataFrame.rdd."""
+    from pyspark.serializers import NoOpSerializer
+
+    spark = df.sparkSession
+    try:
+        tz = spark.conf.get("spark.sql.session.timeZone")
+        # (maxRecordsPerBatch, timeZoneId, errorOnDuplicatedFieldNames, largeVarTypes)
+        jrdd = df._jdf.toArrowBatchRdd(1, tz, True, False).toJavaRDD()
+    except Exception:  # no _jdf (Spark Connect), or a Spark without this method: the Row path
+        return None
+    names = schema.names
+
+    def rows(batches):
+        for message in batches:
+            batch = pa.ipc.read_record_batch(pa.py_buffer(message), schema)
+            columns = [batch.column(name) for name in names]
+            for i in range(batch.num_rows):
+                yield tuple(c[i].as_buffer() if pa.types.is_binary(c.type) else c[i].as_py() for c in columns)
+
+    return RDD(jrdd, spark.sparkContext, NoOpSerializer()).mapPartitions(rows, preservesPartitioning=True)
 
 
 def spark_hash_int(values) -> np.ndarray:
