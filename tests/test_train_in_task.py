@@ -75,29 +75,31 @@ class _Session:
 def test_choice_follows_the_bounds_and_the_cost_model():
     cfg = TokenizerConfig(levels=3, codebook_size=256)
     one_task = train_mod.train_in_one_task
-    # 1M x 128 in 16 batches of 2 slots: 512 MB (under 1 GiB); 62,500 x 2 x 128 x 768 flops = 0.61 s on one core,
-    # half of it the other slot's: 0.31 s > a job's 0.2 s
-    assert train_mod.iteration_seconds(cfg, 1_000_000, 16, 2, 128, False) == 2.0 * 62_500 * 128 * 768 / 2e10
-    assert not one_task(_Session(), cfg, 1_000_000, 16, 2, 128, False)
-    # 20,000 rows in one batch of 2 slots: 0.2 s on one core, 0.1 s of it the other slot's
-    assert one_task(_Session(), cfg, 20_000, 1, 2, 128, False)
-    # balanced, the same: two Sinkhorn solves of 8,192 x 256 entries (0.25 s) one step in PRICE_EVERY (4) on top
-    assert one_task(_Session(), cfg, 20_000, 1, 2, 128, True)
-    # 36,000 rows: 0.354 s of statistics, half of it the other slot's (0.177 s) -- one task unbalanced, not balanced
-    # (0.354 + 0.063 s, half of it 0.208 s)
-    assert one_task(_Session(), cfg, 36_000, 1, 2, 128, False)
-    assert not one_task(_Session(), cfg, 36_000, 1, 2, 128, True)
+    # 1M x 128 in 16 batches of 2 slots, greedy level 1: 17 iterations of 62,500 x 2 x 128 x 256 flops (0.1024 s
+    # on one core) after gathering the 512 MB sample (0.512 s), against 17 jobs of 0.2 s plus half an iteration
+    assert train_mod.level_seconds(cfg, 0, 1_000_000, 16, 2, 128, False, in_task=True) == pytest.approx(
+        4 * 1_000_000 * 128 / 1e9 + 17 * 2.0 * 62_500 * 128 * 256 / 4e10)
+    assert train_mod.level_seconds(cfg, 0, 1_000_000, 16, 2, 128, False, in_task=False) == pytest.approx(
+        17 * (0.2 + 2.0 * 62_500 * 128 * 256 / 4e10 / 2))
+    # ... and at every level: the frozen levels' residuals once for the whole sample, not in every iteration
+    assert all(one_task(_Session(), cfg, 1_000_000, 16, 2, 128, False, level) for level in range(3))
+    # balanced, the same sample: each exact step's distances, assignment and prices and the fine solve, on one
+    # core in one task, on two in the jobs
+    assert not any(one_task(_Session(), cfg, 1_000_000, 16, 2, 128, True, level) for level in range(3))
+    # 20,000 rows in one batch of 2 slots, either way
+    assert one_task(_Session(), cfg, 20_000, 1, 2, 128, False, 2)
+    assert one_task(_Session(), cfg, 20_000, 1, 2, 128, True, 2)
     # one slot (Beauty's balanced batch): no core is left idle, whatever the iteration costs
-    assert one_task(_Session(), cfg, 12_101, 1, 1, 384, True)
-    # the same iteration spread over 800 slots: one core would do what 800 share
-    assert not one_task(_Session(), cfg, 1_000_000, 16, 800, 128, False)
+    assert one_task(_Session(), cfg, 12_101, 1, 1, 384, True, 2)
+    # a balanced iteration spread over 32 slots: one core would do what 32 share
+    assert not one_task(_Session(), cfg, 1_000_000, 16, 32, 128, True, 0)
     # 1M x 384: 1.5 GB of sample, even in one slot
     assert not one_task(_Session(), cfg, 1_000_000, 16, 1, 384, False)
     # a lower byte bound from the session, and the switch
     assert one_task(_Session(), cfg, 500_000, 8, 1, 128, False)
     assert not one_task(_Session(**{train_mod.IN_TASK_BYTES_CONF: str(100 << 20)}), cfg, 500_000, 8, 1, 128, False)
     assert not one_task(_Session(**{train_mod.IN_TASK_CONF: "false"}), cfg, 1000, 1, 1, 8, False)
-    # K = 8,192 at d = 256: 65,536 rows x 2 x 256 x 24,576 flops = 16 s an iteration on one core
+    # K = 8,192 at d = 256: 65,536 rows x 2 x 256 x 8,192 flops = 6.9 s an iteration on one core
     assert not one_task(_Session(), TokenizerConfig(levels=3, codebook_size=8192), 200_000, 4, 2, 256, False)
 
 

@@ -37,12 +37,16 @@ CUT_CHUNK_BYTES = 32 << 20
 
 @dataclass
 class BatchedSample:
-    rdd: RDD  # one (m, d) float32 numpy array per partition
+    tagged: RDD  # the cached partitions: one (partition index, (m, d) float32 numpy array) pair each
     n_batches: int
     slots: int
     n_rows: int
     dim: int
     part_rows: List[int] = field(default_factory=list)  # rows of every partition, in partition order
+
+    def __post_init__(self):
+        # One (m, d) array per partition: the cached pairs' arrays (a map in the same Python worker, no copy).
+        self.rdd = self.tagged.map(lambda pair: pair[1], preservesPartitioning=True)
 
     def partitions(self, batch: int) -> List[int]:
         return list(range(batch * self.slots, (batch + 1) * self.slots))
@@ -90,7 +94,7 @@ class BatchedSample:
         return np.concatenate([x for x in got if len(x)])[:m]
 
     def unpersist(self) -> None:
-        self.rdd.unpersist()
+        self.tagged.unpersist()
 
 
 def slot_count(batch_rows: int, parallelism: int, slot_rows: Optional[int] = None) -> int:
@@ -153,7 +157,9 @@ def batched_sample(sample: DataFrame, unit_col: str, expected_rows: int, batch_s
                            T.StructField("x", T.BinaryType())])
 
     def assemble(part, records):
-        """All chunks of one partition -> one array, rows in unit (hash) order whatever order the chunks came in."""
+        """All chunks of one partition -> (part, one array), rows in unit (hash) order whatever order the chunks
+        came in. The index travels with the array, so a task that gathers every partition (a level trained in one
+        task) reads the cache as it is."""
         units, mats = [], []
         for key, u, x in records:
             if key != hash_keys[part]:  # the shuffle did not partition as partition_keys assumes: never guess
@@ -161,10 +167,10 @@ def batched_sample(sample: DataFrame, unit_col: str, expected_rows: int, batch_s
             units.append(np.frombuffer(u, np.float64))
             mats.append(np.frombuffer(x, np.float32).reshape(-1, dim))
         if not mats:
-            yield np.empty((0, dim), np.float32)
+            yield part, np.empty((0, dim), np.float32)
             return
         u, x = np.concatenate(units), np.concatenate(mats)
-        yield np.ascontiguousarray(x[np.argsort(u, kind="stable")])
+        yield part, np.ascontiguousarray(x[np.argsort(u, kind="stable")])
 
     # The shuffle is the SQL engine's (binary rows, no Python pickling on the way); an explicit partition count is
     # never coalesced by adaptive execution, and assemble checks every chunk's destination anyway. Its records
@@ -175,9 +181,10 @@ def batched_sample(sample: DataFrame, unit_col: str, expected_rows: int, batch_s
         shuffled = shuffled_df.rdd
     if shuffled.getNumPartitions() != n_parts:
         raise RuntimeError(f"mini-batch shuffle gave {shuffled.getNumPartitions()} partitions, not {n_parts}")
-    rdd = shuffled.mapPartitionsWithIndex(assemble, preservesPartitioning=True).persist(StorageLevel.MEMORY_AND_DISK)
-    part_rows = [int(v) for v in rdd.map(len).collect()]  # driver-ok: one count per partition
-    return BatchedSample(rdd, n_batches, slots, int(sum(part_rows)), dim, part_rows)
+    tagged = shuffled.mapPartitionsWithIndex(assemble, preservesPartitioning=True) \
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    part_rows = [int(v) for v in tagged.map(lambda pair: len(pair[1])).collect()]  # driver-ok: one count a partition
+    return BatchedSample(tagged, n_batches, slots, int(sum(part_rows)), dim, part_rows)
 
 
 def arrow_records(df: DataFrame, schema: pa.Schema) -> Optional[RDD]:

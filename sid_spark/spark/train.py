@@ -120,48 +120,75 @@ def init_rows(batched: BatchedSample, m: int) -> np.ndarray:
 
 
 # A level is trained inside one task (train_in_one_task) when the whole sample and its residuals take at most this
-# many bytes (spark.sid_spark.trainInOneTaskMaxBytes) and the cores that task leaves idle cost less than the Spark
-# jobs it saves: one job per iteration costs ~JOB_SECONDS of scheduling and Python-worker round trips (measured on
-# local[2], where it is cheapest), and spreads the iteration's arithmetic over the mini-batch's slots. The estimate
-# of an iteration on one core: the statistics' GEMMs at GEMM_FLOPS a second (the whole statistics pass, not the
-# GEMM alone: 0.55 s for the 62,500 rows of a level-3 iteration of 3 x 256 at d = 128), plus, at a balanced level,
-# every slot's Sinkhorn solve at SINKHORN_ENTRY_SECONDS an entry, once every PRICE_EVERY steps (both measured on
-# the team's 2-core machine). The result does not depend on the choice (fit_level runs the same updates on the
-# same sums).
+# many bytes (spark.sid_spark.trainInOneTaskMaxBytes) and the cost model (level_seconds) says the level takes less
+# time there than as one Spark job per iteration. One job per iteration costs ~JOB_SECONDS of scheduling and
+# Python-worker round trips (measured on local[2], where it is cheapest: 0.13-0.17 s a job that reads its two cached
+# slots and does nothing, ~0.05 s between jobs) and spreads the iteration's arithmetic over the mini-batch's slots,
+# but every iteration computes the batch's residuals through the frozen levels again. One task computes them once
+# for the whole sample, after gathering it from the cache (GATHER_BYTES_PER_SECOND), and runs every slot's
+# arithmetic on one core. The arithmetic on one core: the statistics pass at GEMM_FLOPS (2 K d flops a row and
+# level, the whole pass and not the GEMM alone: 90 ms for 62,500 rows at K = 256, d = 128 on the team's 2-core
+# machine, 2026-12-07); an exact step adds the rows' distances again, the exact assignment (EXACT_ENTRY_SECONDS an
+# entry of the slot's rows x K) and every slot's Sinkhorn solve once every PRICE_EVERY steps
+# (SINKHORN_ENTRY_SECONDS an entry), and the level ends with the fine solve (FINAL_ENTRY_SECONDS an entry, 14
+# epsilons of 20 sweeps against the coarse 7 of 10). The result does not depend on the choice (fit_level runs the
+# same updates on the same sums).
 IN_TASK_CONF = "spark.sid_spark.trainInOneTask"  # auto (default) | false
 IN_TASK_BYTES_CONF = "spark.sid_spark.trainInOneTaskMaxBytes"
 TRAIN_IN_TASK_BYTES = 1 << 30
 JOB_SECONDS = 0.2
-GEMM_FLOPS = 2e10
+GEMM_FLOPS = 4e10
+GATHER_BYTES_PER_SECOND = 1e9
+EXACT_ENTRY_SECONDS = 8e-9
 SINKHORN_ENTRY_SECONDS = 6e-8
+FINAL_ENTRY_SECONDS = 2.4e-7
 
 
-def iteration_seconds(cfg: TokenizerConfig, n_rows: int, n_batches: int, slots: int, dim: int,
-                      balanced: bool) -> float:
-    """Estimated seconds of one mini-batch iteration at the deepest level on one core: the batch's residuals
-    through every level (2 K_l d flops a row and level), and with `balanced` every slot's Sinkhorn solve on
-    price_rows() rows by K, one step in PRICE_EVERY."""
+def expected_iterations(cfg: TokenizerConfig, n_batches: int, k: int, batch_rows: int, balanced: bool) -> tuple:
+    """(greedy iterations, exact steps) a level is expected to run: a pass over the mini-batches and one more (the
+    loop stops no earlier), at least WARMUP_ITER; a balanced level's warm-up as fit_level ends it (WARMUP_ROWS_PER_CODE),
+    then its exact steps."""
+    if not balanced:
+        return min(cfg.max_iter, max(WARMUP_ITER, n_batches + 1)), 0
+    rows_rule = max(WARMUP_ITER, -(-WARMUP_ROWS_PER_CODE * k // max(1, batch_rows)))
+    return min(loop_iterations(cfg, n_batches, True), rows_rule), cfg.balance_exact_steps
+
+
+def level_seconds(cfg: TokenizerConfig, level: int, n_rows: int, n_batches: int, slots: int, dim: int,
+                  balanced: bool, in_task: bool) -> float:
+    """Estimated seconds of `level`'s mini-batch loop, one job per iteration or (`in_task`) in one task."""
+    k = cfg.codebook_size_for(level)
+    frozen = sum(cfg.codebook_size_for(j) for j in range(level))
     batch_rows = -(-n_rows // max(1, n_batches))
-    seconds = 2.0 * batch_rows * dim * sum(cfg.codebook_sizes) / GEMM_FLOPS
-    if balanced:
-        k = max(cfg.codebook_sizes)
-        seconds += (slots * price_rows(k, -(-batch_rows // max(1, slots)), dim) * k * SINKHORN_ENTRY_SECONDS
-                    / PRICE_EVERY)
-    return seconds
+    slot_rows = -(-batch_rows // max(1, slots))
+    greedy, steps = expected_iterations(cfg, n_batches, k, batch_rows, balanced)
+    # one core's work on a whole mini-batch
+    level_stats = 2.0 * batch_rows * dim * k / GEMM_FLOPS
+    frozen_stats = 2.0 * batch_rows * dim * frozen / GEMM_FLOPS
+    exact = (level_stats + batch_rows * k * EXACT_ENTRY_SECONDS
+             + slots * price_rows(k, slot_rows, dim) * k * SINKHORN_ENTRY_SECONDS / PRICE_EVERY)
+    final = slots * price_rows(k, slot_rows, dim, final=True) * k * FINAL_ENTRY_SECONDS if balanced else 0.0
+    if in_task:
+        setup = 4.0 * n_rows * dim / GATHER_BYTES_PER_SECOND + 2.0 * n_rows * dim * frozen / GEMM_FLOPS
+        return setup + greedy * level_stats + steps * (level_stats + exact) + final
+    per_slot = 1.0 / max(1, slots)
+    return (greedy * (JOB_SECONDS + (frozen_stats + level_stats) * per_slot)
+            + steps * (JOB_SECONDS + (frozen_stats + level_stats + exact) * per_slot)
+            + (JOB_SECONDS + (frozen_stats + level_stats) * per_slot + final * per_slot if balanced else 0.0))
 
 
 def train_in_one_task(spark, cfg: TokenizerConfig, n_rows: int, n_batches: int, slots: int, dim: int,
-                      balanced: bool) -> bool:
-    """Whether each level's mini-batch loop runs inside one task: the sample fits the byte bound, and the
-    iteration's arithmetic that the other slots would have shared costs less than a job (see JOB_SECONDS)."""
+                      balanced: bool, level: int = 0) -> bool:
+    """Whether `level`'s mini-batch loop runs inside one task: the sample fits the byte bound, and level_seconds
+    says one task takes less time than one job per iteration."""
     mode = spark.conf.get(IN_TASK_CONF, "auto").strip().lower()
     if mode in ("false", "off", "no"):
         return False
     max_bytes = int(spark.conf.get(IN_TASK_BYTES_CONF, str(TRAIN_IN_TASK_BYTES)))
     if 8 * n_rows * dim > max_bytes:  # the sample and its residuals through the frozen levels, float32
         return False
-    seconds = iteration_seconds(cfg, n_rows, n_batches, slots, dim, balanced)
-    return seconds * (1.0 - 1.0 / max(1, slots)) <= JOB_SECONDS
+    args = (cfg, level, n_rows, n_batches, slots, dim, balanced)
+    return level_seconds(*args, in_task=True) <= level_seconds(*args, in_task=False)
 
 
 # A balanced level: up to WARMUP_ITER plain (greedy) iterations -- at least one pass over the mini-batches -- then
@@ -247,8 +274,8 @@ def fit_level(stats, centroids: torch.Tensor, cfg: TokenizerConfig, k: int, n_ba
 
 def _fit_in_one_task(batched: BatchedSample, frozen: QuantizerState, centroids: torch.Tensor, cfg: TokenizerConfig,
                      k: int, dim: int, balanced: bool):
-    """fit_level in one task that holds the whole cached sample: its partitions (batch b, slot j at b * slots + j)
-    are gathered by a coalesce, and each iteration sums its batch's slot statistics in slot order, as the driver
+    """fit_level in one task that holds the whole cached sample: its partitions (batch b, slot j at b * slots + j,
+    the index cached with each array) are gathered by a coalesce, and each iteration sums its batch's slot statistics in slot order, as the driver
     sums the blobs of batch_stats' job. One job per level; the driver receives the K-sized result."""
     from .quantize import slot_stats
     from .runner import task_setup
@@ -279,8 +306,9 @@ def _fit_in_one_task(batched: BatchedSample, frozen: QuantizerState, centroids: 
 
         yield fit_level(stats, torch.from_numpy(start), cfg, k, n_batches, balanced)
 
-    tagged = batched.rdd.mapPartitionsWithIndex(lambda i, arrays: ((i, a) for a in arrays)).coalesce(1)
-    (result,) = tagged.mapPartitions(task).collect()  # driver-ok: one level's codebook, prices and history
+    # The cached (index, array) pairs as they are: no Python stage between the cache and the task, which would
+    # unpickle and pickle the whole sample once more in this one task.
+    (result,) = batched.tagged.coalesce(1).mapPartitions(task).collect()  # driver-ok: one level's codebook, prices and history
     return result
 
 
@@ -343,15 +371,15 @@ def train_residual_kmeans(prepared: Prepared, cfg: TokenizerConfig, balanced=Non
         n_sample = batched.n_rows
         _check_sample(n_sample, cfg)
         init_x = init_rows(batched, seeding_rows(cfg, n_sample))
-        in_task = train_in_one_task(prepared.valid.sparkSession, cfg, n_sample, batched.n_batches, batched.slots,
-                                    prepared.dim, any_balanced)
-        log.info("training %d sample rows in %d mini-batch(es) of %d slot(s), %s", n_sample, batched.n_batches,
-                 batched.slots, "each level in one task" if in_task else "one job per iteration")
+        log.info("training %d sample rows in %d mini-batch(es) of %d slot(s)", n_sample, batched.n_batches,
+                 batched.slots)
         result = start or TrainResult([], [], n, n_sample)
         result.n_items, result.n_sample = n, n_sample
         for level in range(len(result.codebooks), cfg.levels):
             frozen = QuantizerState(tuple(result.codebooks), tuple(result.prices), cfg.block_rows, cfg.device)
             is_balanced = bool(balanced(level)) if balanced else False
+            in_task = train_in_one_task(prepared.valid.sparkSession, cfg, n_sample, batched.n_batches,
+                                        batched.slots, prepared.dim, is_balanced, level)
             cb, prices, hist = train_level(batched, frozen, init_x, cfg, level, prepared.dim, is_balanced,
                                            in_task=in_task)
             result.codebooks.append(cb)
