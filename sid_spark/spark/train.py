@@ -146,8 +146,8 @@ FINAL_ENTRY_SECONDS = 2.4e-7
 
 def expected_iterations(cfg: TokenizerConfig, n_batches: int, k: int, batch_rows: int, balanced: bool) -> tuple:
     """(greedy iterations, exact steps) a level is expected to run: a pass over the mini-batches and one more (the
-    loop stops no earlier), at least WARMUP_ITER; a balanced level's warm-up as fit_level ends it (WARMUP_ROWS_PER_CODE),
-    then its exact steps."""
+    loop stops no earlier), at least WARMUP_ITER; a balanced level's warm-up as fit_level ends it
+    (WARMUP_ROWS_PER_CODE), then its exact steps."""
     if not balanced:
         return min(cfg.max_iter, max(WARMUP_ITER, n_batches + 1)), 0
     rows_rule = max(WARMUP_ITER, -(-WARMUP_ROWS_PER_CODE * k // max(1, batch_rows)))
@@ -275,8 +275,9 @@ def fit_level(stats, centroids: torch.Tensor, cfg: TokenizerConfig, k: int, n_ba
 def _fit_in_one_task(batched: BatchedSample, frozen: QuantizerState, centroids: torch.Tensor, cfg: TokenizerConfig,
                      k: int, dim: int, balanced: bool):
     """fit_level in one task that holds the whole cached sample: its partitions (batch b, slot j at b * slots + j,
-    the index cached with each array) are gathered by a coalesce, and each iteration sums its batch's slot statistics in slot order, as the driver
-    sums the blobs of batch_stats' job. One job per level; the driver receives the K-sized result."""
+    the index cached with each array) are gathered by a coalesce, and each iteration sums its batch's slot
+    statistics in slot order, as the driver sums the blobs of batch_stats' job. One job per level; the driver
+    receives the K-sized result."""
     from .quantize import slot_stats
     from .runner import task_setup
 
@@ -308,7 +309,8 @@ def _fit_in_one_task(batched: BatchedSample, frozen: QuantizerState, centroids: 
 
     # The cached (index, array) pairs as they are: no Python stage between the cache and the task, which would
     # unpickle and pickle the whole sample once more in this one task.
-    (result,) = batched.tagged.coalesce(1).mapPartitions(task).collect()  # driver-ok: one level's codebook, prices and history
+    # driver-ok: one level's codebook, prices and history
+    (result,) = batched.tagged.coalesce(1).mapPartitions(task).collect()
     return result
 
 
