@@ -16,7 +16,7 @@ from typing import Callable, List, Optional
 
 import numpy as np
 import pyarrow as pa
-from pyspark import RDD, StorageLevel
+from pyspark import RDD, AccumulatorParam, StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -156,6 +156,12 @@ def batched_sample(sample: DataFrame, unit_col: str, expected_rows: int, batch_s
     schema = T.StructType([T.StructField("k", T.IntegerType()), T.StructField("u", T.BinaryType()),
                            T.StructField("x", T.BinaryType())])
 
+    # Rows of every partition, reported by assemble itself: the pass that fills the cache is then a JVM-side count
+    # of it, not a second Python stage that unpickles the whole sample again to measure it (2.4 against 2.9 s for
+    # 1M x 128 on local[2], 4.5 against 7.6 s in a process that has already trained). A recomputed partition
+    # reports the same count again (the accumulator keeps one entry per partition).
+    sizes = sc.accumulator({}, _PartRows())
+
     def assemble(part, records):
         """All chunks of one partition -> (part, one array), rows in unit (hash) order whatever order the chunks
         came in. The index travels with the array, so a task that gathers every partition (a level trained in one
@@ -167,9 +173,11 @@ def batched_sample(sample: DataFrame, unit_col: str, expected_rows: int, batch_s
             units.append(np.frombuffer(u, np.float64))
             mats.append(np.frombuffer(x, np.float32).reshape(-1, dim))
         if not mats:
+            sizes.add({part: 0})
             yield part, np.empty((0, dim), np.float32)
             return
         u, x = np.concatenate(units), np.concatenate(mats)
+        sizes.add({part: len(x)})
         yield part, np.ascontiguousarray(x[np.argsort(u, kind="stable")])
 
     # The shuffle is the SQL engine's (binary rows, no Python pickling on the way); an explicit partition count is
@@ -183,8 +191,23 @@ def batched_sample(sample: DataFrame, unit_col: str, expected_rows: int, batch_s
         raise RuntimeError(f"mini-batch shuffle gave {shuffled.getNumPartitions()} partitions, not {n_parts}")
     tagged = shuffled.mapPartitionsWithIndex(assemble, preservesPartitioning=True) \
         .persist(StorageLevel.MEMORY_AND_DISK)
-    part_rows = [int(v) for v in tagged.map(lambda pair: len(pair[1])).collect()]  # driver-ok: one count a partition
+    tagged._jrdd.count()  # fills the cache: the JVM counts the pickled records, no Python stage reads them back
+    counted = sizes.value  # driver-ok: one count a partition
+    if sorted(counted) != list(range(n_parts)):
+        raise RuntimeError(f"mini-batch cut reported {len(counted)} of {n_parts} partitions")
+    part_rows = [int(counted[part]) for part in range(n_parts)]
     return BatchedSample(tagged, n_batches, slots, int(sum(part_rows)), dim, part_rows)
+
+
+class _PartRows(AccumulatorParam):
+    """An accumulator of {partition: rows}: a partition computed again reports the same entry, not a second one."""
+
+    def zero(self, value):
+        return {}
+
+    def addInPlace(self, value1, value2):
+        value1.update(value2)
+        return value1
 
 
 def arrow_records(df: DataFrame, schema: pa.Schema) -> Optional[RDD]:
