@@ -1,6 +1,7 @@
 """A level's mini-batch loop inside one task (spark.train.train_in_one_task) gives the codebooks, prices and history
 of the loop that runs one Spark job per iteration, bit for bit: the same slot statistics summed in the same order,
-the same updates. Greedy and balanced levels, one mini-batch and several, slots > 1."""
+the same updates. Greedy and balanced levels, one mini-batch and several, slots > 1 (run side by side on the task's
+threads: 2 on local[2])."""
 import numpy as np
 import pytest
 
@@ -45,6 +46,7 @@ def fit(spark, df, params, mode, monkeypatch):
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_one_task_equals_one_job_per_iteration(spark, catalog, case, monkeypatch):
     params = CASES[case]
+    assert train_mod.task_threads(spark) == 2  # local[2]: the one task runs its 2 slots on 2 threads
     jobs, n_jobs = fit(spark, catalog, params, "false", monkeypatch)
     task, n_task = fit(spark, catalog, params, "auto", monkeypatch)
     assert (n_jobs, n_task) == (0, 2)  # the auto run trained both levels in one task each
@@ -81,6 +83,15 @@ def test_choice_follows_the_bounds_and_the_cost_model():
         4 * 1_000_000 * 128 / 1e9 + 17 * 2.0 * 62_500 * 128 * 256 / 4e10)
     assert train_mod.level_seconds(cfg, 0, 1_000_000, 16, 2, 128, False, in_task=False) == pytest.approx(
         17 * (0.2 + 2.0 * 62_500 * 128 * 256 / 4e10 / 2))
+    # on 2 threads the 2 slots of an iteration run side by side: the arithmetic takes half as long (the gather not)
+    assert train_mod.level_seconds(cfg, 1, 1_000_000, 16, 2, 128, False, in_task=True, threads=2) == pytest.approx(
+        4 * 1_000_000 * 128 / 1e9 + 2.0 * 1_000_000 * 128 * 256 / 4e10 / 2 + 17 * 2.0 * 62_500 * 128 * 256 / 4e10 / 2)
+    # 3 slots on 2 threads: two rounds an iteration, 2/3 of the one-thread time
+    assert train_mod.level_seconds(cfg, 0, 1_200_000, 16, 3, 128, False, in_task=True, threads=2) == pytest.approx(
+        4 * 1_200_000 * 128 / 1e9 + 17 * 2.0 * 75_000 * 128 * 256 / 4e10 * 2 / 3)
+    assert train_mod.task_threads(_Session()) == 1  # a session that names no executor cores
+    assert train_mod.task_threads(_Session(**{"spark.executor.cores": "8"})) == 8
+    assert train_mod.task_threads(_Session(**{"spark.executor.cores": "8", train_mod.IN_TASK_THREADS_CONF: "3"})) == 3
     # ... and at every level: the frozen levels' residuals once for the whole sample, not in every iteration
     assert all(one_task(_Session(), cfg, 1_000_000, 16, 2, 128, False, level) for level in range(3))
     # balanced, the same sample: each exact step's distances, assignment and prices and the fine solve, on one

@@ -135,6 +135,11 @@ def init_rows(batched: BatchedSample, m: int) -> np.ndarray:
 # same updates on the same sums).
 IN_TASK_CONF = "spark.sid_spark.trainInOneTask"  # auto (default) | false
 IN_TASK_BYTES_CONF = "spark.sid_spark.trainInOneTaskMaxBytes"
+# The one task is alone on its executor while it runs (the driver waits for it): it computes its slots' statistics
+# on this many threads, one slot per thread (each slot's arithmetic on one torch thread, exactly as a task of the
+# jobs path computes it, and the slots summed in slot order: the same numbers whatever the count). Default: the
+# cores of one executor (spark.executor.cores; local[N]: N), 1 where the session does not say.
+IN_TASK_THREADS_CONF = "spark.sid_spark.trainInOneTaskThreads"
 TRAIN_IN_TASK_BYTES = 1 << 30
 JOB_SECONDS = 0.2
 GEMM_FLOPS = 4e10
@@ -155,8 +160,9 @@ def expected_iterations(cfg: TokenizerConfig, n_batches: int, k: int, batch_rows
 
 
 def level_seconds(cfg: TokenizerConfig, level: int, n_rows: int, n_batches: int, slots: int, dim: int,
-                  balanced: bool, in_task: bool) -> float:
-    """Estimated seconds of `level`'s mini-batch loop, one job per iteration or (`in_task`) in one task."""
+                  balanced: bool, in_task: bool, threads: int = 1) -> float:
+    """Estimated seconds of `level`'s mini-batch loop, one job per iteration or (`in_task`) in one task whose
+    slots run on `threads` threads (min(threads, slots) at a time; the frozen residuals on all of them)."""
     k = cfg.codebook_size_for(level)
     frozen = sum(cfg.codebook_size_for(j) for j in range(level))
     batch_rows = -(-n_rows // max(1, n_batches))
@@ -169,8 +175,11 @@ def level_seconds(cfg: TokenizerConfig, level: int, n_rows: int, n_batches: int,
              + slots * price_rows(k, slot_rows, dim) * k * SINKHORN_ENTRY_SECONDS / PRICE_EVERY)
     final = slots * price_rows(k, slot_rows, dim, final=True) * k * FINAL_ENTRY_SECONDS if balanced else 0.0
     if in_task:
-        setup = 4.0 * n_rows * dim / GATHER_BYTES_PER_SECOND + 2.0 * n_rows * dim * frozen / GEMM_FLOPS
-        return setup + greedy * level_stats + steps * (level_stats + exact) + final
+        # the slots of an iteration in rounds of min(threads, slots) at a time
+        share = -(-max(1, slots) // max(1, min(threads, slots))) / max(1, slots)
+        setup = (4.0 * n_rows * dim / GATHER_BYTES_PER_SECOND
+                 + 2.0 * n_rows * dim * frozen / GEMM_FLOPS / max(1, threads))
+        return setup + (greedy * level_stats + steps * (level_stats + exact) + final) * share
     per_slot = 1.0 / max(1, slots)
     return (greedy * (JOB_SECONDS + (frozen_stats + level_stats) * per_slot)
             + steps * (JOB_SECONDS + (frozen_stats + level_stats + exact) * per_slot)
@@ -188,7 +197,21 @@ def train_in_one_task(spark, cfg: TokenizerConfig, n_rows: int, n_batches: int, 
     if 8 * n_rows * dim > max_bytes:  # the sample and its residuals through the frozen levels, float32
         return False
     args = (cfg, level, n_rows, n_batches, slots, dim, balanced)
-    return level_seconds(*args, in_task=True) <= level_seconds(*args, in_task=False)
+    return level_seconds(*args, in_task=True, threads=task_threads(spark)) <= level_seconds(*args, in_task=False)
+
+
+def task_threads(spark) -> int:
+    """Threads of a level trained in one task (IN_TASK_THREADS_CONF): the cores of one executor."""
+    conf = spark.conf.get(IN_TASK_THREADS_CONF, "auto").strip().lower()
+    if conf not in ("", "auto"):
+        return max(1, int(conf))
+    cores = spark.conf.get("spark.executor.cores", None)
+    if cores:
+        return max(1, int(cores))
+    sc = getattr(spark, "sparkContext", None)
+    if sc is not None and sc.master.startswith("local"):
+        return max(1, sc.defaultParallelism)  # local[N]: one executor of N cores
+    return 1
 
 
 # A balanced level: up to WARMUP_ITER plain (greedy) iterations -- at least one pass over the mini-batches -- then
@@ -273,11 +296,14 @@ def fit_level(stats, centroids: torch.Tensor, cfg: TokenizerConfig, k: int, n_ba
 
 
 def _fit_in_one_task(batched: BatchedSample, frozen: QuantizerState, centroids: torch.Tensor, cfg: TokenizerConfig,
-                     k: int, dim: int, balanced: bool):
+                     k: int, dim: int, balanced: bool, threads: int = 1):
     """fit_level in one task that holds the whole cached sample: its partitions (batch b, slot j at b * slots + j,
     the index cached with each array) are gathered by a coalesce, and each iteration sums its batch's slot
-    statistics in slot order, as the driver sums the blobs of batch_stats' job. One job per level; the driver
-    receives the K-sized result."""
+    statistics in slot order, as the driver sums the blobs of batch_stats' job. The slots of an iteration (and the
+    frozen residuals of the partitions) run on `threads` threads, each on one torch thread as a task of the jobs
+    path: the same numbers. One job per level; the driver receives the K-sized result."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from .quantize import slot_stats
     from .runner import task_setup
 
@@ -285,27 +311,38 @@ def _fit_in_one_task(batched: BatchedSample, frozen: QuantizerState, centroids: 
     start = centroids.numpy()
 
     def task(items):
-        parts = {}
         dev, (cbs, prs) = task_setup(frozen.device, frozen.tensors)
-        for index, array in items:
+
+        def residuals(pair):
             # The frozen levels' residuals once, not in every iteration: the same rows through the same kernel as
             # slot_stats would run them, so the same numbers (the task holds them instead of the sample).
+            index, array = pair
             if len(array) and cbs:
                 array = km.residual_encode(torch.from_numpy(array).to(dev), cbs, prs, frozen.block_rows)[1]
                 array = array.cpu().numpy()
-            parts.setdefault(index, []).append(array)
+            return index, array
 
-        def stats(batch, level_codebook, level_prices, pricing):
-            cb = km.as_tensor(level_codebook, dev)
-            pr = None if level_prices is None else km.as_tensor(level_prices, dev)  # slot_stats: unless it solves
-            total = None
-            for j in range(slots):
-                st = slot_stats(parts.get(batch * slots + j, []), dev, [], [], cb, pr, dim, frozen.block_rows,
-                                pricing)
-                total = st if total is None else total + st
-            return total
+        # torch and numpy release the GIL in the kernels: the threads share the executor's idle cores.
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            parts = {}
+            for index, array in pool.map(residuals, items):
+                parts.setdefault(index, []).append(array)
 
-        yield fit_level(stats, torch.from_numpy(start), cfg, k, n_batches, balanced)
+            def stats(batch, level_codebook, level_prices, pricing):
+                cb = km.as_tensor(level_codebook, dev)
+                pr = None if level_prices is None else km.as_tensor(level_prices, dev)  # slot_stats: unless it solves
+
+                def one(j):
+                    return slot_stats(parts.get(batch * slots + j, []), dev, [], [], cb, pr, dim, frozen.block_rows,
+                                      pricing)
+
+                total = None
+                for st in pool.map(one, range(slots)):  # in slot order
+                    total = st if total is None else total + st
+                return total
+
+            result = fit_level(stats, torch.from_numpy(start), cfg, k, n_batches, balanced)
+        yield result
 
     # The cached (index, array) pairs as they are: no Python stage between the cache and the task, which would
     # unpickle and pickle the whole sample once more in this one task.
@@ -315,14 +352,14 @@ def _fit_in_one_task(batched: BatchedSample, frozen: QuantizerState, centroids: 
 
 
 def train_level(batched: BatchedSample, frozen: QuantizerState, init_x: np.ndarray, cfg: TokenizerConfig,
-                level: int, dim: int, balanced: bool = False, in_task: bool = False):
+                level: int, dim: int, balanced: bool = False, in_task: bool = False, threads: int = 1):
     """Fit the codebook of `level` on residuals of the frozen levels.
 
     A balanced level assigns by ``argmin ||r - c||^2 + p`` with prices every slot of the mini-batch solves for its
     own rows inside the statistics job (quantize.SlotPricing: Sinkhorn on the executors), so each centre is the mean
     of a balanced cluster; one more pass over the next mini-batch solves the final prices for the final centres.
     The driver holds K-sized prices only. `in_task`: the whole loop runs in one task (train_in_one_task), with the
-    same result. Returns (codebook, prices, history)."""
+    same result, its slots on `threads` threads. Returns (codebook, prices, history)."""
     k = cfg.codebook_size_for(level)
     rng = np.random.default_rng([cfg.seed, level])
     cbs = [torch.from_numpy(c) for c in frozen.codebooks]
@@ -336,9 +373,9 @@ def train_level(batched: BatchedSample, frozen: QuantizerState, init_x: np.ndarr
         # One line when the task starts and one when it ends, with the later levels' estimate (this level's time
         # per iteration times their iterations at most): the loop itself runs where the driver cannot log it.
         progress = Progress(log, what, total, after=total * (cfg.levels - level - 1))
-        log.info("train level %d/%d%s: up to %d iterations in one task", level + 1, cfg.levels,
-                 " (balanced)" if balanced else "", total)
-        codebook, prices, history = _fit_in_one_task(batched, frozen, centroids, cfg, k, dim, balanced)
+        log.info("train level %d/%d%s: up to %d iterations in one task (%d thread(s))", level + 1, cfg.levels,
+                 " (balanced)" if balanced else "", total, threads)
+        codebook, prices, history = _fit_in_one_task(batched, frozen, centroids, cfg, k, dim, balanced, threads)
         last = history[-1]
         progress.step(len(history), f"in one task; rows={last['rows']} mse={last['mse']:.6g} "
                                     f"shift={last['shift']:.3g} codes {last['min_count']}..{last['max_count']}",
@@ -383,7 +420,7 @@ def train_residual_kmeans(prepared: Prepared, cfg: TokenizerConfig, balanced=Non
             in_task = train_in_one_task(prepared.valid.sparkSession, cfg, n_sample, batched.n_batches,
                                         batched.slots, prepared.dim, is_balanced, level)
             cb, prices, hist = train_level(batched, frozen, init_x, cfg, level, prepared.dim, is_balanced,
-                                           in_task=in_task)
+                                           in_task=in_task, threads=task_threads(prepared.valid.sparkSession))
             result.codebooks.append(cb)
             result.prices.append(prices)
             result.history.extend(hist)
