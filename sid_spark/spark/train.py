@@ -304,6 +304,7 @@ def _fit_in_one_task(batched: BatchedSample, frozen: QuantizerState, centroids: 
     path: the same numbers. One job per level; the driver receives the K-sized result."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from .device import configure_torch_for_task
     from .quantize import slot_stats
     from .runner import task_setup
 
@@ -322,8 +323,10 @@ def _fit_in_one_task(batched: BatchedSample, frozen: QuantizerState, centroids: 
                 array = array.cpu().numpy()
             return index, array
 
-        # torch and numpy release the GIL in the kernels: the threads share the executor's idle cores.
-        with ThreadPoolExecutor(max(1, threads)) as pool:
+        # torch and numpy release the GIL in the kernels: the threads share the executor's idle cores. Each thread
+        # sets its own torch threads (OpenMP's count is per thread: a new thread would otherwise run its GEMMs on
+        # every core, not on one as a task of the jobs path does).
+        with ThreadPoolExecutor(max(1, threads), initializer=configure_torch_for_task) as pool:
             parts = {}
             for index, array in pool.map(residuals, items):
                 parts.setdefault(index, []).append(array)
