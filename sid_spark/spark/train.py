@@ -325,10 +325,13 @@ def _fit_in_one_task(batched: BatchedSample, frozen: QuantizerState, centroids: 
 
         # torch and numpy release the GIL in the kernels: the threads share the executor's idle cores. Each thread
         # sets its own torch threads (OpenMP's count is per thread: a new thread would otherwise run its GEMMs on
-        # every core, not on one as a task of the jobs path does).
-        with ThreadPoolExecutor(max(1, threads), initializer=configure_torch_for_task) as pool:
+        # every core, not on one as a task of the jobs path does). One slot at a time: no pool, the task's thread.
+        pool = (ThreadPoolExecutor(threads, initializer=configure_torch_for_task) if min(threads, slots) > 1
+                else None)
+        run = map if pool is None else pool.map
+        try:
             parts = {}
-            for index, array in pool.map(residuals, items):
+            for index, array in run(residuals, items):
                 parts.setdefault(index, []).append(array)
 
             def stats(batch, level_codebook, level_prices, pricing):
@@ -340,11 +343,14 @@ def _fit_in_one_task(batched: BatchedSample, frozen: QuantizerState, centroids: 
                                       pricing)
 
                 total = None
-                for st in pool.map(one, range(slots)):  # in slot order
+                for st in run(one, range(slots)):  # in slot order
                     total = st if total is None else total + st
                 return total
 
             result = fit_level(stats, torch.from_numpy(start), cfg, k, n_batches, balanced)
+        finally:
+            if pool is not None:
+                pool.shutdown()
         yield result
 
     # The cached (index, array) pairs as they are: no Python stage between the cache and the task, which would
