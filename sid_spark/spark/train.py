@@ -187,7 +187,7 @@ def level_seconds(cfg: TokenizerConfig, level: int, n_rows: int, n_batches: int,
 
 
 def train_in_one_task(spark, cfg: TokenizerConfig, n_rows: int, n_batches: int, slots: int, dim: int,
-                      balanced: bool, level: int = 0) -> bool:
+                      balanced: bool, level: int = 0, threads: Optional[int] = None) -> bool:
     """Whether `level`'s mini-batch loop runs inside one task: the sample fits the byte bound, and level_seconds
     says one task takes less time than one job per iteration."""
     mode = spark.conf.get(IN_TASK_CONF, "auto").strip().lower()
@@ -197,7 +197,8 @@ def train_in_one_task(spark, cfg: TokenizerConfig, n_rows: int, n_batches: int, 
     if 8 * n_rows * dim > max_bytes:  # the sample and its residuals through the frozen levels, float32
         return False
     args = (cfg, level, n_rows, n_batches, slots, dim, balanced)
-    return level_seconds(*args, in_task=True, threads=task_threads(spark)) <= level_seconds(*args, in_task=False)
+    threads = task_threads(spark) if threads is None else threads
+    return level_seconds(*args, in_task=True, threads=threads) <= level_seconds(*args, in_task=False)
 
 
 def task_threads(spark) -> int:
@@ -355,8 +356,7 @@ def _fit_in_one_task(batched: BatchedSample, frozen: QuantizerState, centroids: 
 
     # The cached (index, array) pairs as they are: no Python stage between the cache and the task, which would
     # unpickle and pickle the whole sample once more in this one task.
-    # driver-ok: one level's codebook, prices and history
-    (result,) = batched.tagged.coalesce(1).mapPartitions(task).collect()
+    (result,) = batched.tagged.coalesce(1).mapPartitions(task).collect()  # driver-ok: one level's codebook
     return result
 
 
@@ -423,13 +423,14 @@ def train_residual_kmeans(prepared: Prepared, cfg: TokenizerConfig, balanced=Non
                  batched.slots)
         result = start or TrainResult([], [], n, n_sample)
         result.n_items, result.n_sample = n, n_sample
+        threads = task_threads(prepared.valid.sparkSession)
         for level in range(len(result.codebooks), cfg.levels):
             frozen = QuantizerState(tuple(result.codebooks), tuple(result.prices), cfg.block_rows, cfg.device)
             is_balanced = bool(balanced(level)) if balanced else False
             in_task = train_in_one_task(prepared.valid.sparkSession, cfg, n_sample, batched.n_batches,
-                                        batched.slots, prepared.dim, is_balanced, level)
+                                        batched.slots, prepared.dim, is_balanced, level, threads)
             cb, prices, hist = train_level(batched, frozen, init_x, cfg, level, prepared.dim, is_balanced,
-                                           in_task=in_task, threads=task_threads(prepared.valid.sparkSession))
+                                           in_task=in_task, threads=threads)
             result.codebooks.append(cb)
             result.prices.append(prices)
             result.history.extend(hist)
