@@ -117,6 +117,29 @@ def test_stabilised_sinkhorn_gives_the_log_domain_prices():
     np.testing.assert_allclose(got, want, atol=1e-4 * float(d.mean()))
 
 
+def test_sinkhorn_blocked_sweeps_give_the_prices_of_whole_matrix_sweeps(monkeypatch):
+    """The sweeps read the kernel in cache-sized row blocks (both products of a block in one visit). Against the
+    whole-matrix iteration written out here, with blocks of 7 rows (a ragged last one) and of the whole matrix."""
+    x = torch.from_numpy(skewed(600, 6, seed=3))
+    d = km.distances(x, km.kmeans_pp(x, 12, np.random.default_rng(3)))
+    caps = torch.full((12,), 50.0)
+    g = torch.zeros(12)
+    for eps in bal.eps_schedule(float(d.mean()), 7, 0.25):
+        kernel = torch.add(g.unsqueeze(0) / eps, d, alpha=-1.0 / eps)
+        kernel = (kernel - kernel.max(1, keepdim=True).values).clamp(min=-87.0).exp()
+        u = 1.0 / kernel.sum(1)
+        for _ in range(10):
+            v = (caps / (kernel.T @ u).clamp_min(1e-30)).clamp_max(1e30)
+            u = 1.0 / (kernel @ v).clamp_min(1e-30)
+        g = g + eps * torch.log(v)
+    want = (-g.double() - (-g.double()).mean()).float().numpy()
+    for block_bytes in (7 * 4 * 12, 1 << 30):
+        monkeypatch.setattr(bal, "SWEEP_BLOCK_BYTES", block_bytes)
+        got, _ = bal.sinkhorn_prices(d, caps, 10, coarse=True)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(d.mean()))
+    assert bal.sweep_block_rows(12) == (1 << 30) // 48 and bal.sweep_block_rows(1 << 30) == 1
+
+
 def test_executor_prices_balance_every_slot_of_a_training_batch(spark):
     """Balanced training statistics: each slot of the cached mini-batch solves its own prices and assigns under them
     (counts near N/K where the greedy assignment piles onto a few codes); the driver gets their row-weighted mean."""
