@@ -139,3 +139,37 @@ def test_split_empty_reseeds_every_dead_code():
     # both dead codes come from the largest cluster (code 1, then one of its halves)
     assert float((new[[0, 1, 2]] - c[1]).abs().max()) < 0.01
     assert torch.equal(new[3], c[3])
+
+
+def test_row_threads_give_the_one_thread_numbers():
+    """A one-slot level trained in one task runs its row-parallel kernels on the task's idle cores
+    (km.row_threads): every output must be the one a single torch thread gives, the balanced top-2 and Sinkhorn's
+    prices included, on shapes large enough for torch to split the work (10 M entries)."""
+    from sid_spark.kernels import balance as bal
+
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(40_000, 32, generator=g) * (1 + torch.rand(40_000, 1, generator=g))
+    cbs = [torch.randn(256, 32, generator=g), 0.3 * torch.randn(256, 32, generator=g)]
+    prices = torch.randn(256, generator=g)
+
+    def run():
+        dist = km.distances(x, cbs[0])
+        return [dist, *km.assign(x, cbs[0], prices, topk=2), *km.residual_encode(x, cbs, [prices, None]),
+                *map(torch.from_numpy, bal.top2(bal.PricedDistances(dist, prices.numpy()))),
+                torch.from_numpy(bal.sinkhorn_prices(dist, torch.full((256,), 40_000 / 256), 4, coarse=True)[0])]
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = run()
+        with km.row_threads(2):
+            with km.rows_parallel():
+                assert torch.get_num_threads() == 2  # inside a kernel ...
+            assert torch.get_num_threads() == 1  # ... only
+            two = run()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert len(one) == len(two) == 8
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)

@@ -18,6 +18,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from . import kmeans as km
+
 
 def capacities(n: int, k: int, counts) -> np.ndarray:
     """Target size of each code: floor(n/k), plus one for the n mod k codes in most demand (ties: lower code)."""
@@ -69,24 +71,25 @@ def sinkhorn_prices(dist: torch.Tensor, caps: torch.Tensor, iters_per_eps: int =
     # over the whole matrix does (the same prices, bit for bit, on the cases tried).
     blocks = [slice(a, a + sweep_block_rows(k)) for a in range(0, m, sweep_block_rows(k))]
     s = torch.zeros(k, dtype=dtype, device=d.device)
-    for eps in schedule:
-        s.zero_()
-        for rows in blocks:  # the kernel, its rows' normalisation folded into the first scaling, and M^T u
-            kr = kernel[rows]
-            torch.add(g.unsqueeze(0) / eps, d[rows], alpha=-1.0 / eps, out=kr)
-            # Exponents below -87 are clamped (exp: 1.6e-38, the smallest normal float32 is 1.2e-38): far down the
-            # row, whose maximum is exp(0) = 1, they would be subnormal or zero anyway, and an exponential that
-            # underflows takes a slow path (9 ns an entry against 0.3 here: 80% of a solve's time before).
-            kr.sub_(kr.max(1, keepdim=True).values).clamp_(min=-87.0).exp_()
-            s.addmv_(kr.T, 1.0 / kr.sum(1))
-        v = (b / s.clamp_min(1e-30)).clamp_max(1e30)
-        for _ in range(iters_per_eps - 1):
+    with km.rows_parallel():  # the sweeps are row-parallel (see kernels.kmeans.row_threads); the scale above is not
+        for eps in schedule:
             s.zero_()
-            for rows in blocks:
+            for rows in blocks:  # the kernel, its rows' normalisation folded into the first scaling, and M^T u
                 kr = kernel[rows]
-                s.addmv_(kr.T, 1.0 / (kr @ v).clamp_min(1e-30))
+                torch.add(g.unsqueeze(0) / eps, d[rows], alpha=-1.0 / eps, out=kr)
+                # Exponents below -87 are clamped (exp: 1.6e-38, the smallest normal float32 is 1.2e-38): far down the
+                # row, whose maximum is exp(0) = 1, they would be subnormal or zero anyway, and an exponential that
+                # underflows takes a slow path (9 ns an entry against 0.3 here: 80% of a solve's time before).
+                kr.sub_(kr.max(1, keepdim=True).values).clamp_(min=-87.0).exp_()
+                s.addmv_(kr.T, 1.0 / kr.sum(1))
             v = (b / s.clamp_min(1e-30)).clamp_max(1e30)
-        g = g + eps * torch.log(v)
+            for _ in range(iters_per_eps - 1):
+                s.zero_()
+                for rows in blocks:
+                    kr = kernel[rows]
+                    s.addmv_(kr.T, 1.0 / (kr @ v).clamp_min(1e-30))
+                v = (b / s.clamp_min(1e-30)).clamp_max(1e30)
+            g = g + eps * torch.log(v)
     del kernel
     p = -g.to(torch.float64)
     return (p - p.mean()).to(torch.float32).cpu().numpy(), schedule[-1]
@@ -120,6 +123,7 @@ class PricedDistances:
         return costs
 
 
+@km.in_row_threads
 def top2(costs: PricedDistances, block_rows: int = 4096):
     """(first choice (n,) int64, regret (n,) float64: second-best cost minus best) of every row, block by block
     (torch.topk is row-wise: the same as on the whole matrix)."""

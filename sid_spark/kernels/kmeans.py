@@ -11,6 +11,9 @@ whole bound). Ties keep the lower code, as one untiled argmin does; K <= code_ti
 """
 from __future__ import annotations
 
+import functools
+import threading
+from contextlib import contextmanager
 from typing import Optional, Sequence
 
 import numpy as np
@@ -47,6 +50,56 @@ def as_tensor(a, device: torch.device | str = "cpu", dtype=torch.float32) -> tor
         device=device, dtype=dtype)
 
 
+# Row threads: a level trained in one task with fewer slots than cores (Beauty's balanced levels are one slot)
+# gives each slot several torch threads, for the kernels whose every output depends on one row, or on one code's
+# column, computed the same way whatever the thread count: the GEMMs, row reductions (max, sum, top-k, argmin),
+# elementwise work and matrix-vector products (checked against one thread, tests/test_kernels.py). Not the whole-
+# tensor sums (torch splits those among threads: a float32 sum of 50,000 values moves in its last bits), which stay
+# on the caller's one thread. Per Python thread; 1 (nothing changed) unless row_threads() says otherwise.
+_ROW_THREADS = threading.local()
+
+
+@contextmanager
+def row_threads(n: int):
+    """Within this Python thread, the row-parallel kernels (distances, assign, residual_encode, the balanced top-2
+    and Sinkhorn's sweeps) run on `n` torch threads."""
+    before = getattr(_ROW_THREADS, "n", 1)
+    set_row_threads(n)
+    try:
+        yield
+    finally:
+        _ROW_THREADS.n = before
+
+
+def set_row_threads(n: int) -> None:
+    """row_threads for the rest of this Python thread's life (a pool thread's initializer)."""
+    _ROW_THREADS.n = max(1, int(n))
+
+
+@contextmanager
+def rows_parallel():
+    """Around a row-parallel kernel: torch's thread count set to row_threads' for its duration."""
+    n = getattr(_ROW_THREADS, "n", 1)
+    if n <= 1:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def in_row_threads(fn):
+    """A row-parallel kernel: runs within rows_parallel()."""
+    @functools.wraps(fn)
+    def kernel(*args, **kwargs):
+        with rows_parallel():
+            return fn(*args, **kwargs)
+    return kernel
+
+
 def _blocks(n: int, block_rows: int):
     for start in range(0, n, block_rows):
         yield start, min(start + block_rows, n)
@@ -65,13 +118,14 @@ def distances(x: torch.Tensor, centroids: torch.Tensor, prices: Optional[torch.T
     """(n, K) squared distances (plus per-code price) of every row to every centroid. Use on small n only."""
     out = torch.empty((x.shape[0], centroids.shape[0]), dtype=torch.float32, device=x.device)
     c_sq = (centroids * centroids).sum(1)
-    for start, stop in _blocks(x.shape[0], block_rows):
-        xb = _padded(x, start, stop, block_rows)
-        d = torch.addmm(c_sq.unsqueeze(0), xb, centroids.T, alpha=-2.0)
-        d += (xb * xb).sum(1, keepdim=True)
-        if prices is not None:
-            d += prices.unsqueeze(0)
-        out[start:stop] = d[: stop - start]
+    with rows_parallel():
+        for start, stop in _blocks(x.shape[0], block_rows):
+            xb = _padded(x, start, stop, block_rows)
+            d = torch.addmm(c_sq.unsqueeze(0), xb, centroids.T, alpha=-2.0)
+            d += (xb * xb).sum(1, keepdim=True)
+            if prices is not None:
+                d += prices.unsqueeze(0)
+            out[start:stop] = d[: stop - start]
     return out
 
 
@@ -148,6 +202,7 @@ class _Scorer:
         return run_v, run_i
 
 
+@in_row_threads
 @torch.no_grad()
 def assign(x: torch.Tensor, centroids: torch.Tensor, prices: Optional[torch.Tensor] = None,
            block_rows: int = DEFAULT_BLOCK_ROWS, topk: int = 1, with_dist: bool = True,
@@ -201,6 +256,7 @@ def nearest(x: torch.Tensor, centroids: torch.Tensor, prices: Optional[torch.Ten
     return assign(x, centroids, prices, block_rows, with_dist=False, code_tile=code_tile)[0]
 
 
+@in_row_threads
 @torch.no_grad()
 def residual_encode(x: torch.Tensor, codebooks: Sequence[torch.Tensor],
                     prices: Optional[Sequence[Optional[torch.Tensor]]] = None,
