@@ -140,6 +140,23 @@ def test_sinkhorn_blocked_sweeps_give_the_prices_of_whole_matrix_sweeps(monkeypa
     assert bal.sweep_block_rows(12) == (1 << 30) // 48 and bal.sweep_block_rows(1 << 30) == 1
 
 
+def test_over_relaxed_sweeps_come_nearer_the_converged_prices():
+    """The final solve's sweeps are over-relaxed (quantize.FINAL_OMEGA): with the same sweeps per epsilon its prices
+    are nearer those of many plain sweeps than plain sweeps are, and they balance the sample as well."""
+    from sid_spark.spark.quantize import FINAL_OMEGA, FINAL_SWEEPS
+
+    x = torch.from_numpy(skewed(4000, 8, seed=5))
+    d = km.distances(x, km.kmeans_pp(x, 40, np.random.default_rng(5)))
+    caps = torch.full((40,), 100.0)
+    converged, _ = bal.sinkhorn_prices(d, caps, 200)
+    plain, _ = bal.sinkhorn_prices(d, caps, FINAL_SWEEPS)
+    relaxed, _ = bal.sinkhorn_prices(d, caps, FINAL_SWEEPS, omega=FINAL_OMEGA)
+    assert np.abs(relaxed - converged).max() < 0.8 * np.abs(plain - converged).max()
+    sizes = np.bincount((d + torch.from_numpy(relaxed)).argmin(1).numpy(), minlength=40)
+    assert sizes.min() >= 85 and sizes.max() <= 115
+    np.testing.assert_array_equal(bal.sinkhorn_prices(d, caps, 12, omega=1.0)[0], plain)  # omega 1: plain sweeps
+
+
 def test_executor_prices_balance_every_slot_of_a_training_batch(spark):
     """Balanced training statistics: each slot of the cached mini-batch solves its own prices and assigns under them
     (counts near N/K where the greedy assignment piles onto a few codes); the driver gets their row-weighted mean."""

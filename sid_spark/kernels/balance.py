@@ -45,7 +45,7 @@ def sweep_block_rows(k: int) -> int:
 
 
 def sinkhorn_prices(dist: torch.Tensor, caps: torch.Tensor, iters_per_eps: int = 20, coarse: bool = False,
-                    dtype=torch.float32):
+                    dtype=torch.float32, omega: float = 1.0):
     """Prices p (K,) such that argmin_k dist_ik + p_k is (nearly) balanced to `caps` on these rows.
 
     dist: (m, K) squared distances, caps: (K,) target sizes summing to m (every row has mass 1). Entropic optimal
@@ -54,6 +54,9 @@ def sinkhorn_prices(dist: torch.Tensor, caps: torch.Tensor, iters_per_eps: int =
     log-sum-exp (so M's rows sum to 1 and nothing underflows; their maximum is taken out before the exponential), then `iters_per_eps` scaling sweeps
     v = b / M^T u, u = 1 / M v -- two matrix-vector products each -- and g += eps log v. The same iterates as
     log-domain Sinkhorn at one exponential per entry per epsilon instead of two per sweep (15-60x faster).
+    `omega` > 1 over-relaxes the code scalings after each epsilon's first sweep, v <- v^(1 - omega) (b / M^T u)^omega
+    (Thibault et al. 2017, "Overrelaxed Sinkhorn-Knopp"): at small epsilon, where plain sweeps crawl, 12 sweeps at
+    1.8 leave the prices nearer the converged ones than 20 plain sweeps (see quantize.FINAL_OMEGA).
     `coarse` anneals 4x per step (7 steps) instead of 2x (14): same final epsilon, for the solves inside the
     training loop; always from the top (a warm start at small epsilon from the previous iteration's prices
     diverged on Beauty: a level-2 code of 4,937 items). Returns (prices float32 numpy, centred; final eps).
@@ -88,7 +91,8 @@ def sinkhorn_prices(dist: torch.Tensor, caps: torch.Tensor, iters_per_eps: int =
                 for rows in blocks:
                     kr = kernel[rows]
                     s.addmv_(kr.T, 1.0 / (kr @ v).clamp_min(1e-30))
-                v = (b / s.clamp_min(1e-30)).clamp_max(1e30)
+                step = (b / s.clamp_min(1e-30)).clamp_max(1e30)
+                v = step if omega == 1.0 else (v.pow(1.0 - omega) * step.pow(omega)).clamp(1e-30, 1e30)
             g = g + eps * torch.log(v)
     del kernel
     p = -g.to(torch.float64)
