@@ -72,27 +72,28 @@ def sinkhorn_prices(dist: torch.Tensor, caps: torch.Tensor, iters_per_eps: int =
     # Rows in cache-sized blocks: a sweep's two products (u = 1 / M v, then M^T u) read each block once from
     # memory instead of the whole matrix twice; M^T u accumulates block after block in row order, as one product
     # over the whole matrix does (the same prices, bit for bit, on the cases tried).
-    blocks = [slice(a, a + sweep_block_rows(k)) for a in range(0, m, sweep_block_rows(k))]
+    rows_per_block = sweep_block_rows(k)
+    blocks = [slice(a, a + rows_per_block) for a in range(0, m, rows_per_block)]
     s = torch.zeros(k, dtype=dtype, device=d.device)
     with km.rows_parallel():  # the sweeps are row-parallel (see kernels.kmeans.row_threads); the scale above is not
         for eps in schedule:
-            s.zero_()
-            for rows in blocks:  # the kernel, its rows' normalisation folded into the first scaling, and M^T u
-                kr = kernel[rows]
-                torch.add(g.unsqueeze(0) / eps, d[rows], alpha=-1.0 / eps, out=kr)
-                # Exponents below -87 are clamped (exp: 1.6e-38, the smallest normal float32 is 1.2e-38): far down the
-                # row, whose maximum is exp(0) = 1, they would be subnormal or zero anyway, and an exponential that
-                # underflows takes a slow path (9 ns an entry against 0.3 here: 80% of a solve's time before).
-                kr.sub_(kr.max(1, keepdim=True).values).clamp_(min=-87.0).exp_()
-                s.addmv_(kr.T, 1.0 / kr.sum(1))
-            v = (b / s.clamp_min(1e-30)).clamp_max(1e30)
-            for _ in range(iters_per_eps - 1):
+            for sweep in range(iters_per_eps):
                 s.zero_()
                 for rows in blocks:
                     kr = kernel[rows]
-                    s.addmv_(kr.T, 1.0 / (kr @ v).clamp_min(1e-30))
+                    if sweep == 0:  # the kernel, its rows' normalisation folded into the first scaling
+                        torch.add(g.unsqueeze(0) / eps, d[rows], alpha=-1.0 / eps, out=kr)
+                        # Exponents below -87 are clamped (exp: 1.6e-38, the smallest normal float32 is 1.2e-38):
+                        # far down the row, whose maximum is exp(0) = 1, they would be subnormal or zero anyway, and
+                        # an exponential that underflows takes a slow path (9 ns an entry against 0.3 here: 80% of a
+                        # solve's time before).
+                        kr.sub_(kr.max(1, keepdim=True).values).clamp_(min=-87.0).exp_()
+                        s.addmv_(kr.T, 1.0 / kr.sum(1))
+                    else:
+                        s.addmv_(kr.T, 1.0 / (kr @ v).clamp_min(1e-30))
                 step = (b / s.clamp_min(1e-30)).clamp_max(1e30)
-                v = step if omega == 1.0 else (v.pow(1.0 - omega) * step.pow(omega)).clamp(1e-30, 1e30)
+                relax = sweep > 0 and omega != 1.0
+                v = (v.pow(1.0 - omega) * step.pow(omega)).clamp(1e-30, 1e30) if relax else step
             g = g + eps * torch.log(v)
     del kernel
     p = -g.to(torch.float64)
