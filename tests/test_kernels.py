@@ -1,8 +1,10 @@
 """Layer 1: the torch kernels against plain numpy written here."""
 import numpy as np
+import pytest
 import torch
 
 from sid_spark.kernels import kmeans as km
+from sid_spark.kernels import seeding as sd
 
 
 def numpy_assign(x, c):
@@ -89,30 +91,52 @@ def test_kmeans_pp_is_seeded_and_spreads_over_blobs(blobs):
     assert len(set(codes.tolist())) == 8
 
 
-def test_blocked_kmeans_pp_is_seeded_draws_distinct_rows_and_spreads_over_blobs(blobs):
+def test_sharded_kmeans_pp_is_seeded_draws_distinct_rows_and_spreads_over_blobs(blobs):
     x = torch.from_numpy(blobs)
-    a = km.kmeans_pp_blocked(x, 8, np.random.default_rng(3))
-    assert torch.equal(a, km.kmeans_pp_blocked(x, 8, np.random.default_rng(3)))
+    a = sd.kmeans_pp_sharded(x, 8, sd.seed_key(3, 0))
+    assert torch.equal(a, sd.kmeans_pp_sharded(x, 8, sd.seed_key(3, 0)))
+    assert not torch.equal(a, sd.kmeans_pp_sharded(x, 8, sd.seed_key(3, 1)))  # each level draws its own
     codes, _ = numpy_assign(a.numpy(), blobs[::400])  # one block of one centre per round at k = 8
     assert len(set(codes.tolist())) == 8
     # m == k: every row once, in some order
     rows = {tuple(r) for r in blobs[:40].tolist()}
-    got = km.kmeans_pp_blocked(x[:40], 40, np.random.default_rng(5), rounds=3)
+    got = sd.kmeans_pp_sharded(x[:40], 40, sd.seed_key(5, 0), rounds=3)
     assert {tuple(r) for r in got.tolist()} == rows and len(got) == 40
-    assert km.seed_block(40, 3) == 13 and km.seed_block(8192) == 128 and km.seed_block(1) == 1
+    assert sd.seed_block(40, 3) == 13 and sd.seed_block(8192) == 128 and sd.seed_block(1) == 1
+    assert sd.rounds_plan(40, 3) == [1, 13, 13, 13] and sum(sd.rounds_plan(8192)) == 8192
 
 
-def test_blocked_kmeans_pp_takes_rows_with_weight_before_rows_on_a_centre():
+@pytest.mark.parametrize("k", [40, 300])
+def test_sharded_seeding_draws_the_same_centres_whatever_the_shards(k):
+    # a row's draw comes from its global index, and the merge ranks offers by (live, key, index): the shards only
+    # split the work
+    rng = np.random.default_rng(7)
+    x = torch.from_numpy(rng.standard_normal((1201, 5)).astype(np.float32))
+    key = sd.seed_key(9, 2)
+    one = sd.kmeans_pp_sharded(x, k, key)
+    for shards in (2, 3, 8):
+        assert torch.equal(sd.kmeans_pp_sharded(x, k, key, shards=shards), one)
+
+
+def test_sharded_seeding_takes_rows_with_weight_before_rows_on_a_centre():
     # three distinct points repeated: after the first centre, D^2 sampling can only draw the two others (weight
     # > 0); the rest of the 6 centres are rows sitting on a centre, and still no row twice
     x = torch.tensor([[0.0, 0.0]] * 5 + [[3.0, 0.0]] * 5 + [[0.0, 4.0]] * 5)
     for seed in range(5):
-        c = km.kmeans_pp_blocked(x, 6, np.random.default_rng(seed), rounds=1)
+        c = sd.kmeans_pp_sharded(x, 6, sd.seed_key(seed, 0), shards=2, rounds=1)
         assert {tuple(r) for r in c.tolist()} == {(0.0, 0.0), (3.0, 0.0), (0.0, 4.0)}
-    assert km.kmeans_pp_blocked(x, 15, np.random.default_rng(0), rounds=2).shape == (15, 2)
+    assert sd.kmeans_pp_sharded(x, 15, sd.seed_key(0, 0), shards=3, rounds=2).shape == (15, 2)
 
 
-def test_blocked_kmeans_pp_seeds_as_well_as_one_candidate_kmeans_pp():
+def test_seeding_uniforms_are_uniform_and_keyed():
+    u = sd.uniforms(sd.seed_key(1, 0), 4, np.arange(200_000))
+    assert 0 < u.min() and u.max() < 1 and abs(u.mean() - 0.5) < 0.003 and abs(u.var() - 1 / 12) < 0.001
+    assert np.array_equal(u[1000:1010], sd.uniforms(sd.seed_key(1, 0), 4, np.arange(1000, 1010)))
+    assert not np.array_equal(u[:10], sd.uniforms(sd.seed_key(1, 0), 5, np.arange(10)))
+    assert not np.array_equal(u[:10], sd.uniforms(sd.seed_key(2, 0), 4, np.arange(10)))
+
+
+def test_sharded_kmeans_pp_seeds_as_well_as_one_candidate_kmeans_pp():
     # what it replaces beyond LARGE_K (k-means++ with one candidate per centre): 64 rounds at K = 512, the seeds'
     # error on the rows over three seeds within 3% (single runs differ by up to ~5% either way)
     rng = np.random.default_rng(11)
@@ -125,8 +149,8 @@ def test_blocked_kmeans_pp_seeds_as_well_as_one_candidate_kmeans_pp():
         return float(d.double().sum())
 
     one = sum(error(km.kmeans_pp(x, 512, np.random.default_rng(s), trials=1)) for s in range(3))
-    blocked = sum(error(km.kmeans_pp_blocked(x, 512, np.random.default_rng(s))) for s in range(3))
-    assert blocked <= 1.03 * one
+    sharded = sum(error(sd.kmeans_pp_sharded(x, 512, sd.seed_key(s, 0), shards=3)) for s in range(3))
+    assert sharded <= 1.03 * one
 
 
 def test_split_empty_reseeds_every_dead_code():

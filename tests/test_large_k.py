@@ -214,12 +214,15 @@ def test_partition_keys_land_on_their_partition_under_spark_hash_partitioning(sp
     assert sorted(landed) == [(p, p) for p in range(n)]
 
 
-def test_blocked_seeding_beyond_large_k_gives_the_same_codebook_whatever_the_partitioning(spark):
-    """K = 2,048 > LARGE_K takes the blocked k-means++ (64 rounds of 32 centres) on the driver's seeding rows: the
-    same rows in any partitioning, so the same codebook."""
+def test_seeding_beyond_large_k_gives_the_same_codebook_whatever_the_partitioning(spark, monkeypatch):
+    """K = 2,048 > LARGE_K is seeded on the executors (seeding.seed_level): the same seeding rows, numbered by hash,
+    in any input partitioning, so the same codebook. 8 rounds instead of 64 keep the test short (one job a round);
+    the rounds do not enter the argument."""
     from sid_spark import ResidualKMeansTokenizer
+    from sid_spark.kernels import seeding as sd
     from sid_spark.spark.train import LARGE_K
 
+    monkeypatch.setattr(sd, "SEED_ROUNDS", 8)
     rng = np.random.default_rng(8)
     x = rng.standard_normal((2600, 6)).astype(np.float32)
     fits = [ResidualKMeansTokenizer(levels=1, codebookSize=2048, seed=5, max_iter=2, balance="none",
@@ -227,6 +230,39 @@ def test_blocked_seeding_beyond_large_k_gives_the_same_codebook_whatever_the_par
     assert 2048 > LARGE_K and fits[0].codebooks[0].shape == (2048, 6)
     np.testing.assert_array_equal(fits[0].codebooks[0], fits[1].codebooks[0])
     assert len(np.unique(fits[0].codebooks[0], axis=0)) == 2048  # no two codes share a centre
+
+
+def test_executor_seeding_draws_the_in_process_seeds_through_frozen_levels(spark, monkeypatch):
+    """seed_level on the cached sample (the seeding rows cut into 3 shards, one job a round) gives exactly the
+    centres of kernels.seeding run in one process on the same rows' residuals through a frozen level; the driver
+    receives no seeding row."""
+    import torch
+
+    from sid_spark.kernels import seeding as sd
+    from sid_spark.spark import seeding as S
+    from sid_spark.spark.batches import BatchedSample
+    from sid_spark.spark.quantize import QuantizerState
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3000, 16)).astype(np.float32)
+    parts = [x[:700], x[700:1900], x[1900:2100], x[2100:]]  # cached partitions in hash order, uneven
+    tagged = spark.sparkContext.parallelize(list(enumerate(parts)), 4).persist()
+    batched = BatchedSample(tagged, 2, 2, 3000, 16, [len(p) for p in parts])
+    m = 2500
+    monkeypatch.setattr(S, "SEED_TASK_BYTES", 4 * m * 16 // 3 + 1)
+    assert S.seed_tasks(m, 16) == 3
+    frozen_cb = rng.standard_normal((8, 16)).astype(np.float32)
+    frozen = QuantizerState((frozen_cb,), (None,), 512, "cpu")
+    try:
+        shards = S.seeding_shards(batched, m)
+        assert shards.getNumPartitions() == 3
+        got = S.seed_level(shards, frozen, 1500, sd.seed_key(4, 1), rounds=5)
+    finally:
+        tagged.unpersist()
+    r = km.residual_encode(torch.from_numpy(x[:m]), [torch.from_numpy(frozen_cb)], [None], 512)[1]
+    want = sd.kmeans_pp_sharded(r, 1500, sd.seed_key(4, 1), shards=3, rounds=5)
+    np.testing.assert_array_equal(got, want.numpy())
+    assert len(np.unique(got, axis=0)) == 1500
 
 
 def test_code_tiles_are_sized_for_the_device():

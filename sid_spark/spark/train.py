@@ -13,10 +13,12 @@ from pyspark.sql import functions as F
 from ..config import TokenizerConfig
 from ..errors import InputError
 from ..kernels import kmeans as km
+from ..kernels import seeding as sd
 from ..progress import Progress
 from .prepare import HASH, VEC, Prepared
 from .batches import DIRECT_SUM_BYTES, BatchedSample, batched_sample
 from .quantize import QuantizerState, SlotPricing, batch_stats, price_rows
+from .seeding import SEED_TASKS, seed_level, seeding_shards
 
 log = logging.getLogger("sid_spark.train")
 
@@ -73,15 +75,16 @@ def _check_sample(n_sample: int, cfg: TokenizerConfig) -> None:
 
 
 # Beyond this K the seeding set stops growing as init_factor * K and k-means++ draws its centres in
-# kmeans.SEED_ROUNDS rounds of GEMMs (kmeans_pp_blocked): the driver's seeding is then O(K * seeding_rows * d) flops
-# in 64 passes over the seeding rows, not O(K^2 * init_factor * trials * d) in K passes. Up to LARGE_K the greedy
-# k-means++ of before, unchanged.
+# kernels.seeding.SEED_ROUNDS rounds of GEMMs on the executors (seeding.seed_level: the seeding rows in shards, one job a
+# round, the driver holding the centres and one round's candidates), not O(K^2 * init_factor * trials * d) in K
+# passes on the driver. Up to LARGE_K the greedy k-means++ of before on the driver, unchanged.
 LARGE_K = 1024
 
 
-def seeding_rows(cfg: TokenizerConfig, n_sample: int) -> int:
-    """Rows of the k-means++ seeding set: init_factor * K up to K = LARGE_K, then max(init_factor * LARGE_K, 4 K)."""
-    k = max(cfg.codebook_sizes)
+def seeding_rows(cfg: TokenizerConfig, n_sample: int, k: Optional[int] = None) -> int:
+    """Rows of the k-means++ seeding set for codebook size k (the largest level's by default): init_factor * K up
+    to K = LARGE_K, then max(init_factor * LARGE_K, 4 K)."""
+    k = max(cfg.codebook_sizes) if k is None else k
     m = cfg.init_factor * k if k <= LARGE_K else min(cfg.init_factor * k, max(cfg.init_factor * LARGE_K, 4 * k))
     return min(n_sample, m)
 
@@ -93,10 +96,10 @@ def driver_memory_bytes(cfg: TokenizerConfig, dim: int, n_sample: int = 1 << 62)
     + m * d * (4 + 4 + 8)               seeding rows, their residuals and k-means++'s float64 copy,
                                         m = seeding_rows(cfg) = init_factor * K
     + 8 * m * (t + 3)                   k-means++ distance rows for t = 2 + ln K candidates
-                                        (beyond K = LARGE_K, m = max(init_factor * 1024, 4 K) and the blocked
-                                        seeding instead: m * d * (4 + 4) + 4 * m * b + 8 * m * 6, the rows, their
-                                        residuals, one round's distance block of b = kmeans.seed_block(K) columns,
-                                        the distances, draws and keys)
+                                        (beyond K = LARGE_K the seeding runs on the executors instead, and the
+                                        driver holds 8 * K * d, the centres chosen and their concatenation, plus
+                                        2 * SEED_TASKS * b * (4 d + 17), one round's offers as they arrive and
+                                        merged, b = kernels.seeding.seed_block(K) centres a round: no seeding rows)
     + 8 * K * (d + 1) * 6               one level's statistics as they arrive and are decoded (blob, arrays),
                                         float64 centroids and the update's temporaries
     + 8 * K * 8                         counts, seen, prices and per-code history
@@ -108,8 +111,9 @@ def driver_memory_bytes(cfg: TokenizerConfig, dim: int, n_sample: int = 1 << 62)
     reduced blob per iteration, or as at most DIRECT_SUM_BYTES of slot blobs). n_sample caps m for a small sample.
     """
     k_max, k_sum = max(cfg.codebook_sizes), sum(cfg.codebook_sizes)
-    m = seeding_rows(cfg, n_sample)
-    seeding = max(m * dim * 8 + 4 * m * km.seed_block(k) + 8 * m * 6 if k > LARGE_K
+    small = [k for k in cfg.codebook_sizes if k <= LARGE_K]
+    m = seeding_rows(cfg, n_sample, max(small)) if small else 0
+    seeding = max(8 * k * dim + 2 * SEED_TASKS * sd.seed_block(k) * (4 * dim + 17) if k > LARGE_K
                   else m * dim * 16 + 8 * m * (2 + int(np.log(k)) + 3) for k in cfg.codebook_sizes)
     return 4 * k_sum * (dim + 1) + seeding + 48 * k_max * (dim + 1) + 64 * k_max + DIRECT_SUM_BYTES
 
@@ -372,22 +376,28 @@ def _fit_in_one_task(batched: BatchedSample, frozen: QuantizerState, centroids: 
     return result
 
 
-def train_level(batched: BatchedSample, frozen: QuantizerState, init_x: np.ndarray, cfg: TokenizerConfig,
-                level: int, dim: int, balanced: bool = False, in_task: bool = False, threads: int = 1):
+def train_level(batched: BatchedSample, frozen: QuantizerState, init_x: Optional[np.ndarray], cfg: TokenizerConfig,
+                level: int, dim: int, balanced: bool = False, in_task: bool = False, threads: int = 1,
+                seed_shards=None):
     """Fit the codebook of `level` on residuals of the frozen levels.
 
     A balanced level assigns by ``argmin ||r - c||^2 + p`` with prices every slot of the mini-batch solves for its
     own rows inside the statistics job (quantize.SlotPricing: Sinkhorn on the executors), so each centre is the mean
     of a balanced cluster; one more pass over the next mini-batch solves the final prices for the final centres.
     The driver holds K-sized prices only. `in_task`: the whole loop runs in one task (train_in_one_task), with the
-    same result, its slots on `threads` threads. Returns (codebook, prices, history)."""
+    same result, its slots on `threads` threads. Seeding: greedy k-means++ of the driver's seeding rows `init_x`
+    up to LARGE_K codes, beyond it the executors' blocked k-means++ of `seed_shards` (seeding.seed_level).
+    Returns (codebook, prices, history)."""
     k = cfg.codebook_size_for(level)
-    rng = np.random.default_rng([cfg.seed, level])
-    cbs = [torch.from_numpy(c) for c in frozen.codebooks]
-    prs = [None if p is None else torch.from_numpy(p) for p in frozen.prices]
-    _, init_r = km.residual_encode(torch.from_numpy(init_x), cbs, prs, frozen.block_rows)
-    centroids = km.kmeans_pp_blocked(init_r, k, rng) if k > LARGE_K else km.kmeans_pp(init_r, k, rng)
-    del init_r
+    if k > LARGE_K:
+        centroids = torch.from_numpy(seed_level(seed_shards, frozen, k, sd.seed_key(cfg.seed, level)))
+    else:
+        rng = np.random.default_rng([cfg.seed, level])
+        cbs = [torch.from_numpy(c) for c in frozen.codebooks]
+        prs = [None if p is None else torch.from_numpy(p) for p in frozen.prices]
+        _, init_r = km.residual_encode(torch.from_numpy(init_x), cbs, prs, frozen.block_rows)
+        centroids = km.kmeans_pp(init_r, k, rng)
+        del init_r
     total = loop_iterations(cfg, batched.n_batches, balanced) + (cfg.balance_exact_steps if balanced else 0)
     what = f"train level {level + 1}/{cfg.levels}{' (balanced)' if balanced else ''}: iteration"
     if in_task:
@@ -430,7 +440,10 @@ def train_residual_kmeans(prepared: Prepared, cfg: TokenizerConfig, balanced=Non
     try:
         n_sample = batched.n_rows
         _check_sample(n_sample, cfg)
-        init_x = init_rows(batched, seeding_rows(cfg, n_sample))
+        small = [cfg.codebook_size_for(lv) for lv in range(cfg.levels) if cfg.codebook_size_for(lv) <= LARGE_K]
+        large = [cfg.codebook_size_for(lv) for lv in range(cfg.levels) if cfg.codebook_size_for(lv) > LARGE_K]
+        init_x = init_rows(batched, seeding_rows(cfg, n_sample, max(small))) if small else None
+        shards = seeding_shards(batched, seeding_rows(cfg, n_sample, max(large))) if large else None
         log.info("training %d sample rows in %d mini-batch(es) of %d slot(s)", n_sample, batched.n_batches,
                  batched.slots)
         result = start or TrainResult([], [], n, n_sample)
@@ -442,7 +455,7 @@ def train_residual_kmeans(prepared: Prepared, cfg: TokenizerConfig, balanced=Non
             in_task = train_in_one_task(prepared.valid.sparkSession, cfg, n_sample, batched.n_batches,
                                         batched.slots, prepared.dim, is_balanced, level, threads)
             cb, prices, hist = train_level(batched, frozen, init_x, cfg, level, prepared.dim, is_balanced,
-                                           in_task=in_task, threads=threads)
+                                           in_task=in_task, threads=threads, seed_shards=shards)
             result.codebooks.append(cb)
             result.prices.append(prices)
             result.history.extend(hist)
