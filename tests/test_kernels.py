@@ -102,8 +102,8 @@ def test_sharded_kmeans_pp_is_seeded_draws_distinct_rows_and_spreads_over_blobs(
     rows = {tuple(r) for r in blobs[:40].tolist()}
     got = sd.kmeans_pp_sharded(x[:40], 40, sd.seed_key(5, 0), rounds=3)
     assert {tuple(r) for r in got.tolist()} == rows and len(got) == 40
-    assert sd.seed_block(40, 3) == 13 and sd.seed_block(8192) == 128 and sd.seed_block(1) == 1
-    assert sd.rounds_plan(40, 3) == [1, 13, 13, 13] and sum(sd.rounds_plan(8192)) == 8192
+    assert sd.seed_block(40, 3) == 13 and sd.seed_block(8192) == 512 and sd.seed_block(1) == 1
+    assert sd.rounds_plan(40, 3) == [1, 13, 13, 13] and sum(sd.rounds_plan(8192)) == 8192 and len(sd.rounds_plan(8192)) == 17
 
 
 @pytest.mark.parametrize("k", [40, 300])

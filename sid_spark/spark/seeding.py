@@ -101,10 +101,11 @@ def seed_level(shards: RDD, frozen, k: int, key: int, rounds: Optional[int] = No
     base = _one_per_batch(shards.mapPartitions(residuals, preservesPartitioning=True)) \
         .persist(StorageLevel.MEMORY_AND_DISK)
     state, cached, centres, chosen = None, [], [], None
+    device = frozen.device  # a round's closure carries the last round's centres, never the frozen codebooks
     try:
         for r, c in enumerate(sd.rounds_plan(k, rounds or sd.SEED_ROUNDS)):
             def step(pairs, chosen=chosen, r=r, c=c):
-                dev, _ = task_setup(frozen.device)
+                dev, _ = task_setup(device)
                 for (start, x), st in pairs:
                     shard = sd.Shard(torch.from_numpy(x).to(dev), start)
                     if st is not None:
