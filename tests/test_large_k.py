@@ -197,23 +197,6 @@ def test_cut_in_small_chunks_gives_the_same_mini_batches(spark):
     np.testing.assert_array_equal(np.concatenate(whole), x[order])
 
 
-def test_partition_keys_land_on_their_partition_under_spark_hash_partitioning(spark):
-    """The mini-batch cut's keys: Spark's own hash partitioning (a DataFrame repartition) sends key p to partition p."""
-    from pyspark.sql import functions as F
-
-    from sid_spark.spark.batches import partition_keys, spark_hash_int
-
-    v = np.r_[np.arange(-500, 3000, 7), [2 ** 31 - 1, -2 ** 31]].astype(np.int32)
-    got = [r[0] for r in spark.createDataFrame([(int(a),) for a in v], "v int").select(F.hash("v")).collect()]
-    np.testing.assert_array_equal(np.array(got, np.int32), spark_hash_int(v))
-    n = 37
-    keys = partition_keys(n)
-    assert keys.dtype == np.int32 and len(set(keys.tolist())) == n
-    df = spark.createDataFrame([(int(k), p) for p, k in enumerate(keys)], "k int, p int").repartition(n, "k")
-    landed = df.rdd.mapPartitionsWithIndex(lambda i, rows: ((i, r.p) for r in rows)).collect()
-    assert sorted(landed) == [(p, p) for p in range(n)]
-
-
 def test_seeding_beyond_large_k_gives_the_same_codebook_whatever_the_partitioning(spark, monkeypatch):
     """K = 2,048 > LARGE_K is seeded on the executors (seeding.seed_level): the same seeding rows, numbered by hash,
     in any input partitioning, so the same codebook. 8 rounds instead of 64 keep the test short (one job a round);
@@ -246,7 +229,9 @@ def test_executor_seeding_draws_the_in_process_seeds_through_frozen_levels(spark
     rng = np.random.default_rng(2)
     x = rng.standard_normal((3000, 16)).astype(np.float32)
     parts = [x[:700], x[700:1900], x[1900:2100], x[2100:]]  # cached partitions in hash order, uneven
-    tagged = spark.sparkContext.parallelize(list(enumerate(parts)), 4).persist()
+    # the cut's cached records: (partition, (units, rows)) chunks on their partition, here one chunk each
+    tagged = spark.sparkContext.parallelize(
+        [(i, (np.arange(len(p), dtype=np.float64), p)) for i, p in enumerate(parts)], 4).persist()
     batched = BatchedSample(tagged, 2, 2, 3000, 16, [len(p) for p in parts])
     m = 2500
     monkeypatch.setattr(S, "SEED_TASK_BYTES", 4 * m * 16 // 3 + 1)
@@ -280,20 +265,48 @@ def test_code_tiles_are_sized_for_the_device():
         assert tile == 2048 or 2 * 4 * 4096 * tile <= mem // 32
 
 
-def test_arrow_records_hand_over_the_rows_that_dataframe_rdd_gives(spark):
-    """The cut's shuffled chunks reach Python as Arrow batches (batches.arrow_records), not pickled Rows: on this
+def test_arrow_batches_hand_over_the_rows_that_dataframe_rdd_gives(spark):
+    """The cut reads the sample as the Dataset's Arrow batches (batches.arrow_batches), not pickled Rows: on this
     Spark the Arrow path exists (None would mean the slower Row path is taken), and gives the same rows, value for
-    value, in the same partitions."""
+    value, in the same partitions, a vector column as list<float>."""
     import pyarrow as pa
 
     from sid_spark.spark import batches as B
 
-    blobs = [np.random.default_rng(i).bytes(1000 * (i + 1)) for i in range(7)]
-    df = spark.createDataFrame([(i % 3, b"u" * i, blobs[i]) for i in range(7)], "k int, u binary, x binary") \
-        .repartition(3, "k")
-    schema = pa.schema([("k", pa.int32()), ("u", pa.binary()), ("x", pa.binary())])
-    arrow = B.arrow_records(df, schema)
+    rows = [(i % 3, i / 7.0, [float(i), -1.5 * i]) for i in range(25)]
+    df = spark.createDataFrame(rows, "k int, u double, v array<float>").repartition(3, "k")
+    schema = pa.schema([("k", pa.int32()), ("u", pa.float64()), ("v", pa.list_(pa.float32()))])
+    arrow = B.arrow_batches(df, schema, rows_per_batch=4)
     assert arrow is not None and arrow.getNumPartitions() == df.rdd.getNumPartitions() == 3
-    got = arrow.glom().map(lambda rows: [(k, bytes(u), bytes(x)) for k, u, x in rows]).collect()
-    want = df.rdd.glom().map(lambda rows: [(r.k, bytes(r.u), bytes(r.x)) for r in rows]).collect()
-    assert got == want and sum(len(p) for p in got) == 7
+    got = arrow.map(lambda b: [tuple(r.values()) for r in b.to_pylist()]).glom() \
+        .map(lambda bs: [r for b in bs for r in b]).collect()
+    want = df.rdd.glom().map(lambda rs: [(r.k, r.u, list(r.v)) for r in rs]).collect()
+    assert got == want and sum(len(p) for p in got) == 25
+    assert max(arrow.map(lambda b: b.num_rows).collect()) <= 4
+
+
+def test_cut_falls_back_to_rows_with_the_same_mini_batches(spark, monkeypatch):
+    """Where the Arrow batch RDD is missing, the cut builds the same Arrow batches from DataFrame.rdd's Rows: the
+    same mini-batches, row for row."""
+    import pandas as pd
+
+    from sid_spark.spark import batches as B
+
+    n, d = 3_000, 3
+    x = np.random.default_rng(5).standard_normal((n, d)).astype(np.float32)
+    u = np.random.default_rng(6).permutation(n).astype(np.float64) / n
+    df = spark.createDataFrame(pd.DataFrame({"_vec": list(x), "_u": u})).repartition(3)
+
+    def cut():
+        batched = B.batched_sample(df, "_u", n, n // 2, d)
+        try:
+            return batched.part_rows, batched.rdd.collect()  # test only: 3,000 x 3
+        finally:
+            batched.unpersist()
+
+    arrow_rows, arrow = cut()
+    monkeypatch.setattr(B, "arrow_batches", lambda *a, **k: None)
+    rows_rows, rows = cut()
+    assert arrow_rows == rows_rows and sum(arrow_rows) == n and len(arrow) == len(arrow_rows)
+    for a, b in zip(arrow, rows):
+        np.testing.assert_array_equal(a, b)

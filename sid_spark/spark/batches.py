@@ -2,11 +2,18 @@
 
 Mini-batch k-means runs one Spark job per iteration. Filtering a cached DataFrame for the batch would scan the whole
 sample and convert the batch's rows to Arrow again in every iteration; instead the sample is shuffled once into
-``n_batches x slots`` RDD partitions, partition ``b * slots + j`` holding slot j of mini-batch b as one (m, d) float32
-array (rows in hash order), and an iteration runs only its batch's ``slots`` partitions with ``SparkContext.runJob``.
-A row's batch and slot come from its id hash alone, so the batches do not depend on the input's partitioning.
-The shuffle is a DataFrame repartition of per-partition chunks (raw float32 bytes) keyed so that Spark's hash
-partitioning puts each on its own partition (partition_keys): the SQL engine's shuffle, not Python-pickled records.
+``n_batches x slots`` RDD partitions, partition ``b * slots + j`` holding slot j of mini-batch b (rows in hash
+order), and an iteration runs only its batch's ``slots`` partitions with ``SparkContext.runJob``. A row's batch and
+slot come from its id hash alone, so the batches do not depend on the input's partitioning.
+
+The sample's rows reach Python once, as the Arrow batches of the Dataset (arrow_batches); each input partition
+sends its rows on as a few (destination, (units, vectors)) chunk records through an RDD partitionBy, and the
+shuffled, pickled chunks are what the cache holds: the JVM caches them as they arrive, with no Python stage after
+the shuffle. A partition's chunks become its one (m, d) array when they are read (assemble_chunks: concatenated
+and put in hash order, ~16 MB at 1M x 128 in 32 partitions), by the iteration's task or by the one task that
+trains a level. 1M x 128 on local[2], 2026-12-07: the cut 5.9-6.0 s and a one-task gather 0.8-1.0 s, against
+8.6-10.3 s and 0.5-0.9 s when the chunks went through a DataFrame repartition and a Python stage assembled the
+cache (the SQL shuffle's rows converted back to Arrow and handed to Python cost ~2 s by itself).
 """
 from __future__ import annotations
 
@@ -35,9 +42,20 @@ DIRECT_SUM_BYTES = 16 << 20
 CUT_CHUNK_BYTES = 32 << 20
 
 
+def assemble_chunks(chunks, dim: int) -> np.ndarray:
+    """A partition's (units (n,) float64, x (n, d) float32) chunks -> its (m, d) float32 rows in unit (hash) order,
+    whatever order the chunks came in."""
+    chunks = list(chunks)
+    if not chunks:
+        return np.empty((0, dim), np.float32)
+    u = np.concatenate([c[0] for c in chunks])
+    x = np.concatenate([c[1] for c in chunks]) if len(chunks) > 1 else chunks[0][1]
+    return np.ascontiguousarray(x[np.argsort(u, kind="stable")])
+
+
 @dataclass
 class BatchedSample:
-    tagged: RDD  # the cached partitions: one (partition index, (m, d) float32 numpy array) pair each
+    tagged: RDD  # the cached chunks: (partition index, (units, (n, d) float32)) records, on their partition
     n_batches: int
     slots: int
     n_rows: int
@@ -45,8 +63,10 @@ class BatchedSample:
     part_rows: List[int] = field(default_factory=list)  # rows of every partition, in partition order
 
     def __post_init__(self):
-        # One (m, d) array per partition: the cached pairs' arrays (a map in the same Python worker, no copy).
-        self.rdd = self.tagged.map(lambda pair: pair[1], preservesPartitioning=True)
+        # One (m, d) array per partition, assembled from its cached chunks where it is read.
+        dim = self.dim
+        self.rdd = self.tagged.mapPartitions(lambda records: [assemble_chunks((c for _, c in records), dim)],
+                                             preservesPartitioning=True)
 
     def partitions(self, batch: int) -> List[int]:
         return list(range(batch * self.slots, (batch + 1) * self.slots))
@@ -113,7 +133,7 @@ def batched_sample(sample: DataFrame, unit_col: str, expected_rows: int, batch_s
     (their number from `expected_rows`, so it is known before the pass), each in slot_count() slots.
 
     Batch b holds the rows whose unit falls in [b / n_batches, (b + 1) / n_batches), so the first iterations see the
-    same rows as a hash-range filter would. One pass over the sample plus one shuffle of its raw float32 bytes,
+    same rows as a hash-range filter would. One pass over the sample plus one shuffle of its raw float32 rows,
     sent on in chunks of `chunk_bytes` of each input partition's vectors (the batches do not depend on it)."""
     sc = sample.sparkSession.sparkContext
     n_batches = max(1, math.ceil(expected_rows / batch_size))
@@ -122,7 +142,10 @@ def batched_sample(sample: DataFrame, unit_col: str, expected_rows: int, batch_s
     key = F.least(F.floor(F.col(unit_col) * n_parts).cast("int"), F.lit(n_parts - 1))
     rows = sample.select(key.alias(_KEY), F.col(unit_col), VEC)
 
-    hash_keys = partition_keys(n_parts)
+    # Rows of every destination, reported by the map side (input partition, destination) -> rows, so the pass that
+    # fills the cache is a JVM-side count with no Python stage. A recomputed input partition reports the same
+    # entries again (the accumulator keeps one per key).
+    sizes = sc.accumulator({}, _PartRows())
 
     def flush(keys, units, mats):
         k, u, x = np.concatenate(keys), np.concatenate(units), np.concatenate(mats)
@@ -130,16 +153,19 @@ def batched_sample(sample: DataFrame, unit_col: str, expected_rows: int, batch_s
         k, u, x = k[order], u[order], x[order]
         bounds = np.flatnonzero(np.diff(k)) + 1
         for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(k)]):
-            yield pa.RecordBatch.from_arrays(
-                [pa.array([int(hash_keys[k[lo]])], pa.int32()), pa.array([u[lo:hi].tobytes()], pa.binary()),
-                 pa.array([np.ascontiguousarray(x[lo:hi]).tobytes()], pa.binary())], ["k", "u", "x"])
+            yield int(k[lo]), (u[lo:hi].copy(), np.ascontiguousarray(x[lo:hi]))
 
-    def chunks(batches):
-        """Per input partition: one (key, units, vectors) record per destination partition it feeds and per
-        chunk_bytes of its vectors, the key the one that Spark's hash partitioning sends to that partition
-        (partition_keys). The task holds at most ~2 x CUT_CHUNK_BYTES of vectors (the rows gathered and their
-        sorted copy) beyond one Arrow batch, whatever the input partition's size."""
-        keys, units, mats, held = [], [], [], 0
+    def chunks(index, batches):
+        """Per input partition: one (destination, (units, vectors)) record per destination partition it feeds and
+        per chunk_bytes of its vectors. The task holds at most ~2 x CUT_CHUNK_BYTES of vectors (the rows gathered
+        and their sorted copy) beyond one Arrow batch, whatever the input partition's size."""
+        keys, units, mats, held, sent = [], [], [], 0, {}
+
+        def out():
+            for dest, chunk in flush(keys, units, mats):
+                sent[(index, dest)] = sent.get((index, dest), 0) + len(chunk[0])
+                yield dest, chunk
+
         for batch in batches:
             if batch.num_rows == 0:
                 continue
@@ -148,55 +174,44 @@ def batched_sample(sample: DataFrame, unit_col: str, expected_rows: int, batch_s
             mats.append(arrow_matrix(batch.column(2), dim))
             held += mats[-1].nbytes
             if held >= chunk_bytes:
-                yield from flush(keys, units, mats)
+                yield from out()
                 keys, units, mats, held = [], [], [], 0
         if keys:
-            yield from flush(keys, units, mats)
+            yield from out()
+        sizes.add(sent)
 
-    schema = T.StructType([T.StructField("k", T.IntegerType()), T.StructField("u", T.BinaryType()),
-                           T.StructField("x", T.BinaryType())])
-
-    # Rows of every partition, reported by assemble itself: the pass that fills the cache is then a JVM-side count
-    # of it, not a second Python stage that unpickles the whole sample again to measure it (2.4 against 2.9 s for
-    # 1M x 128 on local[2], 4.5 against 7.6 s in a process that has already trained). A recomputed partition
-    # reports the same count again (the accumulator keeps one entry per partition).
-    sizes = sc.accumulator({}, _PartRows())
-
-    def assemble(part, records):
-        """All chunks of one partition -> (part, one array), rows in unit (hash) order whatever order the chunks
-        came in. The index travels with the array, so a task that gathers every partition (a level trained in one
-        task) reads the cache as it is."""
-        units, mats = [], []
-        for key, u, x in records:
-            if key != hash_keys[part]:  # the shuffle did not partition as partition_keys assumes: never guess
-                raise RuntimeError(f"mini-batch chunk with key {key} reached partition {part} of {n_parts}")
-            units.append(np.frombuffer(u, np.float64))
-            mats.append(np.frombuffer(x, np.float32).reshape(-1, dim))
-        if not mats:
-            sizes.add({part: 0})
-            yield part, np.empty((0, dim), np.float32)
-            return
-        u, x = np.concatenate(units), np.concatenate(mats)
-        sizes.add({part: len(x)})
-        yield part, np.ascontiguousarray(x[np.argsort(u, kind="stable")])
-
-    # The shuffle is the SQL engine's (binary rows, no Python pickling on the way); an explicit partition count is
-    # never coalesced by adaptive execution, and assemble checks every chunk's destination anyway. Its records
-    # reach Python as Arrow batches (arrow_records), not as pickled Rows.
-    shuffled_df = rows.mapInArrow(chunks, schema).repartition(n_parts, "k")
-    shuffled = arrow_records(shuffled_df, pa.schema([("k", pa.int32()), ("u", pa.binary()), ("x", pa.binary())]))
-    if shuffled is None:
-        shuffled = shuffled_df.rdd
-    if shuffled.getNumPartitions() != n_parts:
-        raise RuntimeError(f"mini-batch shuffle gave {shuffled.getNumPartitions()} partitions, not {n_parts}")
-    tagged = shuffled.mapPartitionsWithIndex(assemble, preservesPartitioning=True) \
+    schema = pa.schema([(_KEY, pa.int32()), (unit_col, pa.float64()), (VEC, pa.list_(pa.float32()))])
+    source = arrow_batches(rows, schema)
+    if source is None:  # no Arrow batch RDD here (Spark Connect): the same chunks from a Python pass over Rows
+        source = rows.rdd.mapPartitions(lambda it: _rows_as_batches(it, schema), preservesPartitioning=True)
+    # partitionBy with the identity: chunk record for destination p lands on partition p. The shuffled records are
+    # cached as the JVM received them (pickled), and counting them is a JVM-side job.
+    tagged = source.mapPartitionsWithIndex(chunks).partitionBy(n_parts, _identity) \
         .persist(StorageLevel.MEMORY_AND_DISK)
-    tagged._jrdd.count()  # fills the cache: the JVM counts the pickled records, no Python stage reads them back
-    counted = sizes.value  # driver-ok: one count a partition
-    if sorted(counted) != list(range(n_parts)):
-        raise RuntimeError(f"mini-batch cut reported {len(counted)} of {n_parts} partitions")
-    part_rows = [int(counted[part]) for part in range(n_parts)]
+    tagged._jrdd.count()
+    counted = sizes.value  # driver-ok: one count per (input partition, destination)
+    part_rows = [0] * n_parts
+    for (_, dest), n in counted.items():
+        if not 0 <= dest < n_parts:
+            raise RuntimeError(f"mini-batch chunk for partition {dest} of {n_parts}")
+        part_rows[dest] += int(n)
     return BatchedSample(tagged, n_batches, slots, int(sum(part_rows)), dim, part_rows)
+
+
+def _identity(key: int) -> int:
+    return key
+
+
+def _rows_as_batches(rows, schema: pa.Schema, size: int = 10_000):
+    """Rows (key, unit, vector) -> Arrow record batches of `schema` (the fallback of arrow_batches)."""
+    buf = []
+    for row in rows:
+        buf.append(row)
+        if len(buf) >= size:
+            yield pa.RecordBatch.from_pylist([dict(zip(schema.names, r)) for r in buf], schema)
+            buf = []
+    if buf:
+        yield pa.RecordBatch.from_pylist([dict(zip(schema.names, r)) for r in buf], schema)
 
 
 class _PartRows(AccumulatorParam):
@@ -210,58 +225,26 @@ class _PartRows(AccumulatorParam):
         return value1
 
 
-def arrow_records(df: DataFrame, schema: pa.Schema) -> Optional[RDD]:
-    """The rows of `df` as an RDD of tuples (one per row, `schema`'s columns; binary values as pyarrow Buffers,
-    which numpy reads without a copy), handed from the JVM to Python as Arrow record batches: the Dataset's Arrow
-    batch RDD (what toPandas collects), one row per batch, read back with `schema`. DataFrame.rdd instead pickles
-    every Row in the JVM (Pyrolite) and unpickles it in Python: 5.5-6.7 s against 2.4-2.5 s for 512 MB of binary
-    values in 64 rows on local[2]. The batch RDD is not public API: None where this Spark (or Spark Connect) has
-    none, and the caller takes DataFrame.rdd."""
+def arrow_batches(df: DataFrame, schema: pa.Schema, rows_per_batch: int = 10_000) -> Optional[RDD]:
+    """The rows of `df` as an RDD of pyarrow RecordBatches of `schema` (up to rows_per_batch rows each), handed
+    from the JVM to Python as the Dataset's Arrow batch RDD (what toPandas collects): the rows reach Python as
+    mapInArrow's input does, and no Python function runs in the JVM's plan. The batch RDD is not public API: None
+    where this Spark (or Spark Connect) has none."""
     from pyspark.serializers import NoOpSerializer
 
     spark = df.sparkSession
     try:
         tz = spark.conf.get("spark.sql.session.timeZone")
         # (maxRecordsPerBatch, timeZoneId, errorOnDuplicatedFieldNames, largeVarTypes)
-        jrdd = df._jdf.toArrowBatchRdd(1, tz, True, False).toJavaRDD()
-    except Exception:  # no _jdf (Spark Connect), or a Spark without this method: the Row path
+        jrdd = df._jdf.toArrowBatchRdd(int(rows_per_batch), tz, True, False).toJavaRDD()
+    except Exception:  # no _jdf (Spark Connect), or a Spark without this method
         return None
-    names = schema.names
 
-    def rows(batches):
-        for message in batches:
-            batch = pa.ipc.read_record_batch(pa.py_buffer(message), schema)
-            columns = [batch.column(name) for name in names]
-            for i in range(batch.num_rows):
-                yield tuple(c[i].as_buffer() if pa.types.is_binary(c.type) else c[i].as_py() for c in columns)
+    def batches(messages):
+        for message in messages:
+            yield pa.ipc.read_record_batch(pa.py_buffer(message), schema)
 
-    return RDD(jrdd, spark.sparkContext, NoOpSerializer()).mapPartitions(rows, preservesPartitioning=True)
-
-
-def spark_hash_int(values) -> np.ndarray:
-    """Spark's hash() of int values (Murmur3_x86_32.hashInt with seed 42, what hash partitioning uses), as int32."""
-    with np.errstate(over="ignore"):
-        k = np.asarray(values).astype(np.int64).astype(np.uint32) * np.uint32(0xCC9E2D51)
-        k = ((k << np.uint32(15)) | (k >> np.uint32(17))) * np.uint32(0x1B873593)
-        h = np.uint32(42) ^ k
-        h = ((h << np.uint32(13)) | (h >> np.uint32(19))) * np.uint32(5) + np.uint32(0xE6546B64)
-        h = h ^ np.uint32(4)  # the input's length in bytes
-        h = (h ^ (h >> np.uint32(16))) * np.uint32(0x85EBCA6B)
-        h = (h ^ (h >> np.uint32(13))) * np.uint32(0xC2B2AE35)
-        return (h ^ (h >> np.uint32(16))).view(np.int32)
-
-
-def partition_keys(n_parts: int) -> np.ndarray:
-    """(n_parts,) int32: for every partition p the smallest int v >= 0 that Spark's hash partitioning into n_parts
-    partitions, pmod(hash(v), n_parts), sends to p -- so a DataFrame repartition(n_parts, key) puts each chunk on
-    the partition of its (batch, slot)."""
-    need = max(64, int(n_parts * (math.log(n_parts + 1) + 8)))
-    while True:
-        dest = np.mod(spark_hash_int(np.arange(need)).astype(np.int64), n_parts)
-        found, first = np.unique(dest, return_index=True)
-        if len(found) == n_parts:
-            return first.astype(np.int32)  # np.unique sorts: found == arange(n_parts)
-        need *= 2
+    return RDD(jrdd, spark.sparkContext, NoOpSerializer()).mapPartitions(batches, preservesPartitioning=True)
 
 
 def pruned(rdd: RDD, partitions: List[int]) -> RDD:

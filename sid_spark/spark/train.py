@@ -16,7 +16,7 @@ from ..kernels import kmeans as km
 from ..kernels import seeding as sd
 from ..progress import Progress
 from .prepare import HASH, VEC, Prepared
-from .batches import DIRECT_SUM_BYTES, BatchedSample, batched_sample
+from .batches import DIRECT_SUM_BYTES, BatchedSample, assemble_chunks, batched_sample
 from .quantize import QuantizerState, SlotPricing, batch_stats, price_rows
 from .seeding import SEED_TASKS, seed_level, seeding_shards
 
@@ -323,9 +323,11 @@ def _fit_in_one_task(batched: BatchedSample, frozen: QuantizerState, centroids: 
         dev, (cbs, prs) = task_setup(frozen.device, frozen.tensors)
 
         def residuals(pair):
-            # The frozen levels' residuals once, not in every iteration: the same rows through the same kernel as
-            # slot_stats would run them, so the same numbers (the task holds them instead of the sample).
-            index, array = pair
+            # The partition's rows from its cached chunks, and the frozen levels' residuals once, not in every
+            # iteration: the same rows through the same kernel as slot_stats would run them, so the same numbers
+            # (the task holds them instead of the sample).
+            index, chunks = pair
+            array = assemble_chunks(chunks, dim)
             if len(array) and cbs:
                 array = km.residual_encode(torch.from_numpy(array).to(dev), cbs, prs, frozen.block_rows)[1]
                 array = array.cpu().numpy()
@@ -346,9 +348,11 @@ def _fit_in_one_task(batched: BatchedSample, frozen: QuantizerState, centroids: 
         run = map if pool is None else pool.map
         try:
             km.set_row_threads(per_slot if pool is None else 1)  # the task's own thread computes the slot
-            parts = {}
-            for index, array in run(residuals, items):
-                parts.setdefault(index, []).append(array)
+            gathered = {}
+            for index, chunk in items:
+                gathered.setdefault(index, []).append(chunk)
+            parts = {index: [array] for index, array in run(residuals, gathered.items())}
+            del gathered
 
             def stats(batch, level_codebook, level_prices, pricing):
                 cb = km.as_tensor(level_codebook, dev)
@@ -370,7 +374,7 @@ def _fit_in_one_task(batched: BatchedSample, frozen: QuantizerState, centroids: 
                 pool.shutdown()
         yield result
 
-    # The cached (index, array) pairs as they are: no Python stage between the cache and the task, which would
+    # The cached (index, chunk) records as they are: no Python stage between the cache and the task, which would
     # unpickle and pickle the whole sample once more in this one task.
     (result,) = batched.tagged.coalesce(1).mapPartitions(task).collect()  # driver-ok: one level's codebook
     return result
