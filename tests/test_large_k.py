@@ -286,8 +286,8 @@ def test_arrow_batches_hand_over_the_rows_that_dataframe_rdd_gives(spark):
 
 
 def test_cut_falls_back_to_rows_with_the_same_mini_batches(spark, monkeypatch):
-    """Where the Arrow batch RDD is missing, the cut builds the same Arrow batches from DataFrame.rdd's Rows: the
-    same mini-batches, row for row."""
+    """Where the Arrow batch RDD is missing, the cut makes its chunks in mapInArrow and sends them as binary Rows (one
+    a chunk): the same row counts and the same mini-batches, row for row."""
     import pandas as pd
 
     from sid_spark.spark import batches as B

@@ -182,11 +182,12 @@ def batched_sample(sample: DataFrame, unit_col: str, expected_rows: int, batch_s
 
     schema = pa.schema([(_KEY, pa.int32()), (unit_col, pa.float64()), (VEC, pa.list_(pa.float32()))])
     source = arrow_batches(rows, schema)
-    if source is None:  # no Arrow batch RDD here (Spark Connect): the same chunks from a Python pass over Rows
-        source = rows.rdd.mapPartitions(lambda it: _rows_as_batches(it, schema), preservesPartitioning=True)
-    # partitionBy with the identity: chunk record for destination p lands on partition p. The shuffled records are
-    # cached as the JVM received them (pickled), and counting them is a JVM-side job.
-    tagged = source.mapPartitionsWithIndex(chunks).partitionBy(n_parts, _identity) \
+    if source is not None:
+        records = source.mapPartitionsWithIndex(chunks)
+    else:  # no Arrow batch RDD on this Spark: the chunks made in mapInArrow and sent as binary, one Row a chunk
+        records = rows.mapInArrow(_as_binary(chunks, dim), _BINARY_CHUNKS).rdd.map(
+            lambda r: (r.k, (np.frombuffer(r.u, np.float64), np.frombuffer(r.x, np.float32).reshape(-1, dim))))
+    tagged = records.partitionBy(n_parts, _identity) \
         .persist(StorageLevel.MEMORY_AND_DISK)
     tagged._jrdd.count()
     counted = sizes.value  # driver-ok: one count per (input partition, destination)
@@ -202,16 +203,20 @@ def _identity(key: int) -> int:
     return key
 
 
-def _rows_as_batches(rows, schema: pa.Schema, size: int = 10_000):
-    """Rows (key, unit, vector) -> Arrow record batches of `schema` (the fallback of arrow_batches)."""
-    buf = []
-    for row in rows:
-        buf.append(row)
-        if len(buf) >= size:
-            yield pa.RecordBatch.from_pylist([dict(zip(schema.names, r)) for r in buf], schema)
-            buf = []
-    if buf:
-        yield pa.RecordBatch.from_pylist([dict(zip(schema.names, r)) for r in buf], schema)
+_BINARY_CHUNKS = T.StructType([T.StructField("k", T.IntegerType()), T.StructField("u", T.BinaryType()),
+                               T.StructField("x", T.BinaryType())])
+
+
+def _as_binary(chunks: Callable, dim: int) -> Callable:
+    """chunks(index, Arrow batches) as a mapInArrow function: each (destination, (units, rows)) chunk one row of
+    raw bytes (the fallback of arrow_batches; one Row a chunk, not a row a vector)."""
+    def run(batches):
+        from pyspark import TaskContext
+
+        for dest, (u, x) in chunks(TaskContext.get().partitionId(), batches):
+            yield pa.RecordBatch.from_arrays([pa.array([dest], pa.int32()), pa.array([u.tobytes()], pa.binary()),
+                                              pa.array([x.tobytes()], pa.binary())], ["k", "u", "x"])
+    return run
 
 
 class _PartRows(AccumulatorParam):
