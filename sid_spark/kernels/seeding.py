@@ -20,6 +20,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
+from . import kmeans as km
 
 # Rounds of the blocked seeding (seed_sharded): after the first centre each draws ceil((k - 1) / SEED_ROUNDS)
 # centres at once. On the executors every round is one Spark job (~0.35 s of scheduling and cached-block reads on
@@ -97,13 +98,12 @@ class Shard:
         self.x = x.to(torch.float32)
         self.start = int(start)
         self.index = np.arange(self.start, self.start + len(self.x), dtype=np.int64)
-        self.x_sq = (self.x * self.x).sum(1)
         self.closest = np.full(len(self.x), np.inf)
         self.taken = np.zeros(len(self.x), dtype=bool)
 
     def take(self, chosen: Optional[Offer]) -> None:
         """The centres the merge chose last round: every row's distance to the nearest centre is updated (one
-        (n, c) GEMM), and the chosen rows this shard holds are marked taken."""
+        (n, c) block of kmeans.distances), and the chosen rows this shard holds are marked taken."""
         if chosen is None or not len(chosen.index):
             return
         mine = (chosen.index >= self.start) & (chosen.index < self.start + len(self.x))
@@ -111,9 +111,8 @@ class Shard:
         if not len(self.x):
             return
         cb = torch.from_numpy(np.ascontiguousarray(chosen.rows)).to(self.x.device)
-        d = torch.addmm((cb * cb).sum(1).unsqueeze(0), self.x, cb.T, alpha=-2.0)
-        d.add_(self.x_sq.unsqueeze(1)).clamp_min_(0)
-        np.minimum(self.closest, d.min(1).values.cpu().numpy().astype(np.float64), out=self.closest)
+        d = km.distances(self.x, cb).clamp_min_(0).min(1).values
+        np.minimum(self.closest, d.cpu().numpy().astype(np.float64), out=self.closest)
         self.closest[self.taken] = 0.0  # a centre's own distance, whatever the rounding
 
     def offer(self, key: int, round_: int, c: int) -> Offer:

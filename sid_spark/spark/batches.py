@@ -93,24 +93,29 @@ class BatchedSample:
             return total
         return tree_reduce(self.batch_rdd(batch).mapPartitions(func), add, fanout)
 
-    def head(self, m: int) -> np.ndarray:
-        """The m rows with the smallest hash, (m, d) float32, gathered in one job: partitions are in hash order
-        and so are their rows, and part_rows says how many each one holds."""
-        need, parts, have = [], [], 0
+    def first_rows(self, m: int) -> List[tuple]:
+        """Where the m rows with the smallest hash are: (partition, rows before it, rows taken from it) for each
+        partition they come from, in order (partitions are in hash order, so are their rows; part_rows says how
+        many each one holds)."""
+        spans, have = [], 0
         for part, rows in enumerate(self.part_rows):
             if have >= m:
                 break
             if rows:
-                parts.append(part)
-                need.append(min(rows, m - have))
-                have += need[-1]
-        if not parts:
+                spans.append((part, have, min(rows, m - have)))
+                have += spans[-1][2]
+        return spans
+
+    def head(self, m: int) -> np.ndarray:
+        """The m rows with the smallest hash, (m, d) float32, gathered in one job (first_rows)."""
+        spans = self.first_rows(m)
+        if not spans:
             return np.empty((0, self.dim), np.float32)
-        take = dict(zip(parts, need))
+        take = {part: n for part, _, n in spans}
         # driver-ok: m rows in all, O(seeding rows * d)
         got = self.rdd.context.runJob(
             self.rdd.mapPartitionsWithIndex(lambda i, arrays: (x[: take.get(i, 0)] for x in arrays)), lambda a: a,
-            parts)
+            list(take))
         return np.concatenate([x for x in got if len(x)])[:m]
 
     def unpersist(self) -> None:

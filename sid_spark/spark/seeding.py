@@ -8,14 +8,13 @@ last round chose, updates its rows' distances (one GEMM), and offers its best c 
 best c of at most SEED_TASKS x c offers. The shard's distances travel from round to round in Spark's cache (a
 small (closest, taken) pair per shard, zipped with the cached rows), so the rows are read, never re-sent.
 
-Driver: the centres chosen so far, (K, d) float32, and one round's offers, SEED_TASKS x ceil(K / 64) x d x 4 bytes
-(K d / 2): no seeding rows. A task: its shard, at most m d 4 / SEED_TASKS bytes beyond SEED_TASK_BYTES, and one
+Driver: the centres chosen so far, (K, d) float32, and one round's offers, SEED_TASKS x ceil(K / 16) x d x 4 bytes
+(2 K d): no seeding rows. A task: its shard, at most m d 4 / SEED_TASKS bytes beyond SEED_TASK_BYTES, and one
 round's distance block. The seeding does not depend on the input's partitioning (the rows are chosen and
 numbered by hash, the draws come from the rows' numbers), nor on the number of shards up to the GEMM's rounding.
 """
 from __future__ import annotations
 
-import logging
 import math
 from typing import List, Optional
 
@@ -25,8 +24,6 @@ from pyspark.serializers import BatchedSerializer, CPickleSerializer
 
 from ..kernels import seeding as sd
 from .batches import BatchedSample, pruned
-
-log = logging.getLogger("sid_spark.train")
 
 SEED_TASKS = 8
 SEED_TASK_BYTES = 32 << 20
@@ -50,17 +47,12 @@ def seeding_shards(batched: BatchedSample, m: int) -> RDD:
     dim = batched.dim
     tasks = seed_tasks(m, dim)
     bounds = np.linspace(0, m, tasks + 1).round().astype(np.int64)
-    offsets, parts, have = {}, [], 0
-    for part, rows in enumerate(batched.part_rows):
-        if have >= m:
-            break
-        if rows:
-            parts.append(part)
-            offsets[part] = (have, min(rows, m - have))
-            have += offsets[part][1]
+    spans = batched.first_rows(m)
+    # pruned() renumbers the partitions it keeps: its partition i is cached partition spans[i][0]
+    offsets = [(start, n) for _, start, n in spans]
 
     def split(index, arrays):
-        start, n = offsets.get(index, (0, 0))
+        start, n = offsets[index]
         for x in arrays:
             lo = start
             while lo < start + n:
@@ -74,10 +66,7 @@ def seeding_shards(batched: BatchedSample, m: int) -> RDD:
         x = np.concatenate([c for _, c in chunks]) if chunks else np.empty((0, dim), np.float32)
         yield int(bounds[index]), x
 
-    source = pruned(batched.rdd, parts) if parts else batched.rdd
-    # pruned() renumbers the partitions it keeps: map them back to the cached partitions' indices
-    numbering = {i: part for i, part in enumerate(parts)}
-    return (source.mapPartitionsWithIndex(lambda i, it: split(numbering.get(i, -1), it))
+    return (pruned(batched.rdd, [part for part, _, _ in spans]).mapPartitionsWithIndex(split)
             .partitionBy(tasks, lambda s: s)
             .mapPartitionsWithIndex(assemble, preservesPartitioning=True))
 
@@ -100,7 +89,7 @@ def seed_level(shards: RDD, frozen, k: int, key: int, rounds: Optional[int] = No
 
     base = _one_per_batch(shards.mapPartitions(residuals, preservesPartitioning=True)) \
         .persist(StorageLevel.MEMORY_AND_DISK)
-    state, cached, centres, chosen = None, [], [], None
+    state, prev, centres, chosen = None, None, [], None
     device = frozen.device  # a round's closure carries the last round's centres, never the frozen codebooks
     try:
         for r, c in enumerate(sd.rounds_plan(k, rounds or sd.SEED_ROUNDS)):
@@ -116,14 +105,14 @@ def seed_level(shards: RDD, frozen, k: int, key: int, rounds: Optional[int] = No
             zipped = base.map(lambda b: (b, None)) if state is None else base.zip(state)
             nxt = zipped.mapPartitions(step).persist(StorageLevel.MEMORY_AND_DISK)
             offers: List[sd.Offer] = nxt.map(lambda e: e[1]).collect()  # driver-ok: <= SEED_TASKS x c rows
-            for old in cached:
-                old.unpersist()
-            cached = [nxt]
+            if prev is not None:
+                prev.unpersist()
+            prev = nxt
             chosen = sd.Offer.merge(offers, c)
             centres.append(chosen.rows)
             state = _one_per_batch(nxt.map(lambda e: e[0]))
         return np.concatenate(centres)[:k]
     finally:
-        for old in cached:
-            old.unpersist()
+        if prev is not None:
+            prev.unpersist()
         base.unpersist()
