@@ -63,6 +63,24 @@ def test_exact_assign_sizes_on_skewed_data(n):
     assert sizes_exact(codes, n, 16)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_exact_assign_rows_gives_exact_assign_codes(seed):
+    """The training's exact step (exact_assign_rows: first choices from the score tiles, the repair on the moved
+    rows' distances alone) gives exact_assign's codes on the dense matrix, exact sizes, and each row's distance to
+    its code; with prices, with an uneven n and skewed rows that the repair has to move."""
+    rng = np.random.default_rng(seed)
+    n, k = 611, 12
+    x = torch.from_numpy(skewed(n, 6, seed))
+    c = km.kmeans_pp(x, k, rng)
+    prices = (0.1 * rng.standard_normal(k)).astype(np.float32) if seed else None
+    tie = rng.permutation(n).astype(np.int64)
+    codes, rounds, dist = bal.exact_assign_rows(x, c, prices, tie, block_rows=100)
+    want, want_rounds = bal.exact_assign(km.distances(x, c), prices, tie)
+    np.testing.assert_array_equal(codes, want)
+    assert rounds == want_rounds > 0 and sizes_exact(codes, n, k)
+    np.testing.assert_allclose(dist, ((x - c[torch.from_numpy(codes)]) ** 2).sum(1).double().numpy(), atol=1e-4)
+
+
 def test_priced_distances_block_by_block_equal_the_dense_float64_costs():
     """exact_assign reads dist + prices in float64 a row block at a time (PricedDistances, top2): the same costs,
     first choices and regrets as the dense (n, K) float64 matrix, ties included (integer distances), over blocks

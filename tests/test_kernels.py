@@ -50,6 +50,24 @@ def test_topk_sorted_and_prices_shift_choice():
     assert priced.tolist() == [1]
 
 
+@pytest.mark.parametrize("tile", [None, 3])
+def test_top2_ties_go_to_the_lower_code(tile):
+    """assign's top-2 (the balanced pass's first choice and regret): exactly equal scores in code order, within a
+    tile and across tiles (tile 3 of 8 codes: a 3, 3, 2 split); the values are each row's two smallest."""
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 5.0]])
+    # codes 1, 4 and 6 are the same centre, nearest to row 0; 0 and 5 tie for row 1, after 2 = the row itself
+    c = torch.tensor([[2.0, 0.0], [0.5, 0.0], [1.0, 0.0], [9.0, 9.0], [0.5, 0.0], [2.0, 0.0], [0.5, 0.0], [0, 4.0]])
+    codes, dist = km.assign(x, c, topk=2, code_tile=tile)
+    assert codes.tolist() == [[1, 4], [2, 1], [7, 1]]
+    torch.testing.assert_close(dist, torch.tensor([[0.25, 0.25], [0.0, 0.25], [1.0, 25.25]]))
+    g = torch.Generator().manual_seed(4)
+    x, c = torch.randn(300, 6, generator=g), torch.randn(40, 6, generator=g)
+    codes, dist = km.assign(x, c, topk=2, block_rows=64, code_tile=tile)
+    want = torch.topk(km.distances(x, c), 2, dim=1, largest=False)
+    assert torch.equal(codes, want.indices)
+    torch.testing.assert_close(dist, want.values, rtol=0, atol=1e-5)
+
+
 def test_lloyd_update_matches_numpy_iteration(blobs):
     rng = np.random.default_rng(2)
     c = blobs[rng.choice(len(blobs), 8, replace=False)].copy()

@@ -45,7 +45,7 @@ def sweep_block_rows(k: int) -> int:
 
 
 def sinkhorn_prices(dist: torch.Tensor, caps: torch.Tensor, iters_per_eps: int = 20, coarse: bool = False,
-                    dtype=torch.float32, omega: float = 1.0):
+                    dtype=torch.float32, omega: float = 1.0, eps_steps: int = 14):
     """Prices p (K,) such that argmin_k dist_ik + p_k is (nearly) balanced to `caps` on these rows.
 
     dist: (m, K) squared distances, caps: (K,) target sizes summing to m (every row has mass 1). Entropic optimal
@@ -67,7 +67,7 @@ def sinkhorn_prices(dist: torch.Tensor, caps: torch.Tensor, iters_per_eps: int =
     scale = float(d.mean()) or 1.0
     g = torch.zeros(k, dtype=dtype, device=d.device)
     b = torch.as_tensor(caps, device=d.device).to(dtype)
-    schedule = eps_schedule(scale, 7, 0.25) if coarse else eps_schedule(scale)
+    schedule = eps_schedule(scale, 7, 0.25) if coarse else eps_schedule(scale, eps_steps)
     kernel = torch.empty_like(d)
     # Rows in cache-sized blocks: a sweep's two products (u = 1 / M v, then M^T u) read each block once from
     # memory instead of the whole matrix twice; M^T u accumulates block after block in row order, as one product
@@ -154,6 +154,36 @@ def exact_assign(dist: torch.Tensor, prices: Optional[np.ndarray], tie: np.ndarr
     codes = np.where(rank < caps[first], first, -1)
     free = caps - np.bincount(first[codes >= 0], minlength=k)
     return repair(adj, tie, free, max_rounds, codes)
+
+
+def exact_assign_rows(r: torch.Tensor, cb: torch.Tensor, prices: Optional[np.ndarray], tie: np.ndarray,
+                      block_rows: int = km.DEFAULT_BLOCK_ROWS, max_rounds: int = 64):
+    """exact_assign of the rows `r` (n, d) to the codes `cb` (K, d) under `prices`, ranked as the balanced encode
+    ranks them (sid_spark.spark.balance): first choices and regrets from km.assign's top-2 (one GEMM per block, the
+    float32 costs never held as an (n, K) matrix), then the repair on the distances of only the rows that lose
+    their first choice. The repair sees those rows in the same order as exact_assign's would (their positions keep
+    their order), so only the first choices' arithmetic differs from exact_assign's dense float64 costs.
+    Returns (codes (n,) int64, rounds, dist (n,) float64: each row's squared distance to its code, no price)."""
+    n, k = r.shape[0], cb.shape[0]
+    p = None if prices is None else torch.as_tensor(prices, dtype=torch.float32, device=r.device)
+    best, cost = km.assign(r, cb, p, block_rows, topk=2)
+    first = best[:, 0].cpu().numpy()
+    cost = cost.to(torch.float64).cpu().numpy()
+    regret = cost[:, 1] - cost[:, 0]
+    caps = capacities(n, k, np.bincount(first, minlength=k))
+    rank = rank_within(first, (np.arange(n), tie, -regret), k)
+    keep = rank < caps[first]
+    codes = np.where(keep, first, -1)
+    dist = cost[:, 0] - (0.0 if prices is None else np.asarray(prices, np.float64)[first])
+    moved = np.nonzero(~keep)[0]
+    rounds = 0
+    if len(moved):
+        free = caps - np.bincount(first[keep], minlength=k)
+        near = km.distances(r[torch.from_numpy(moved).to(r.device)], cb, block_rows=block_rows)
+        codes[moved], rounds = repair(PricedDistances(near, prices), tie[moved], free, max_rounds)
+        dist[moved] = near.gather(1, torch.from_numpy(codes[moved]).to(near.device).unsqueeze(1)).squeeze(1) \
+            .to(torch.float64).cpu().numpy()
+    return codes, rounds, dist
 
 
 def repair(adj, tie: np.ndarray, free: np.ndarray, max_rounds: int = 64,

@@ -188,18 +188,41 @@ class _Scorer:
         return best_i, best_v
 
     def topk(self, xb: torch.Tensor, m: int, topk: int):
-        """(values (m, topk), idx (m, topk)) ascending: the tiles' top-k merged into a running top-k."""
+        """(values (m, topk), idx (m, topk)) ascending: the tiles' top-k merged into a running top-k. With topk 2
+        (the balanced pass's first choice and regret) exactly equal scores go to the lower code first."""
         run_v = run_i = None
         for lo, hi in self.tiles:
             scores = self.tile(xb, lo, hi)[:m]
-            v, i = torch.topk(scores, min(topk, hi - lo), dim=1, largest=False, sorted=True)
+            if topk == 2:
+                v, i = _top2_rows(scores)
+            else:
+                v, i = torch.topk(scores, min(topk, hi - lo), dim=1, largest=False, sorted=True)
             i = i + lo
             if run_v is not None:  # running entries first: among equal values the lower code comes first
                 v, i = torch.cat([run_v, v], 1), torch.cat([run_i, i], 1)
-                v, pos = torch.topk(v, topk, dim=1, largest=False, sorted=True)
+                if topk == 2:  # a stable sort keeps that order among equal values
+                    v, pos = torch.sort(v, dim=1, stable=True)
+                    v, pos = v[:, :topk], pos[:, :topk]
+                else:
+                    v, pos = torch.topk(v, topk, dim=1, largest=False, sorted=True)
                 i = i.gather(1, pos)
             run_v, run_i = v, i
         return run_v, run_i
+
+
+def _top2_rows(scores: torch.Tensor):
+    """(values (m, 2), idx (m, 2)) of each row's two smallest scores, ascending, the lower code first among equal
+    ones (one column: that one). Two row argmins, the first minimum masked in between, so `scores` is overwritten.
+    On CPU numpy's SIMD argmin (_argmin_rows): the top-2 then costs about what the GEMM does, where torch.topk cost
+    two thirds more than the GEMM (31,250 x 256, d = 128: 56 against 33 ms an assignment of the rows)."""
+    first = _argmin_rows(scores)
+    v0 = scores.gather(1, first.unsqueeze(1))
+    if scores.shape[1] == 1:
+        return v0, first.unsqueeze(1)
+    scores.scatter_(1, first.unsqueeze(1), float("inf"))
+    second = _argmin_rows(scores)
+    v1 = scores.gather(1, second.unsqueeze(1))
+    return torch.cat([v0, v1], 1), torch.stack([first, second], 1)
 
 
 @in_row_threads
@@ -212,9 +235,9 @@ def assign(x: torch.Tensor, centroids: torch.Tensor, prices: Optional[torch.Tens
     x: (n, d) float32, centroids: (K, d) float32, prices: (K,) or None.
     Returns (codes (n,) int64, dist (n,) float32) for topk == 1, else ((n, topk), (n, topk)) sorted ascending;
     dist is None when with_dist is False (it costs a pass over x for ||x||^2).
-    Ties: with topk == 1 the lower code index wins (see _argmin_rows). With topk > 1 the order among exactly equal
-    scores is torch.topk's, which is deterministic for a row but not always the lower code first (rounded test
-    scores show it; a 1M x 128 catalog had 4 such rows at level 1).
+    Ties: with topk 1 and 2 the lower code index wins (see _argmin_rows, _top2_rows). With topk > 2 the order
+    among exactly equal scores is torch.topk's, which is deterministic for a row but not always the lower code first
+    (rounded test scores show it; a 1M x 128 catalog had 4 such rows at level 1).
     Scores are computed in tiles of code_tile codes when K is larger (exact: the running top-k is merged); by
     default the tile is sized for the device (code_tile_for).
     """
@@ -310,9 +333,9 @@ def task_memory_bytes(sizes: Sequence[int], dim: int, block_rows: int = DEFAULT_
     + 24 * E                                 a balanced level's training (spark.quantize.SlotPricing), E =
                                              price_entries (SLOT_PRICE_ENTRIES = 2^24 there): the priced rows'
                                              residuals, distances and Sinkhorn kernel (3 x 4 E), or in an exact
-                                             step the slot's residuals and distances (2 x 4 E) and the float64
-                                             costs of the rows the repair moves, and their copy (2 x 8 E at
-                                             most; the first choices read them a block at a time)
+                                             step the slot's residuals (4 E), the distances of the rows the repair
+                                             moves (4 E at most) and their float64 costs and copy (2 x 8 E; the
+                                             first choices come from the block's score tiles)
 
     with b = block_rows and T = code_tile (DEFAULT_CODE_TILE on CPU; on CUDA code_tile_for(device), whose two
     score tiles stay within 1/CUDA_TILE_SHARE of the device's memory): linear in K and d, independent of the

@@ -103,6 +103,8 @@ SLOT_PRICE_ROWS_PER_CODE = 32
 TRAIN_SWEEPS = 10
 FINAL_SWEEPS = 12
 FINAL_OMEGA = 1.8
+# Halvings of epsilon of the final solve (kernels.balance.eps_schedule: down to scale / 2^14).
+FINAL_EPS_STEPS = 14
 
 
 def price_rows(k: int, rows: int, dim: int = 1, final: bool = False) -> int:
@@ -138,7 +140,7 @@ class SlotPricing:
         m, k = dist.shape
         caps = torch.full((k,), m / k, dtype=torch.float32, device=dist.device)
         if self.final:
-            return sinkhorn_prices(dist, caps, FINAL_SWEEPS, omega=FINAL_OMEGA)[0]
+            return sinkhorn_prices(dist, caps, FINAL_SWEEPS, omega=FINAL_OMEGA, eps_steps=FINAL_EPS_STEPS)[0]
         return sinkhorn_prices(dist, caps, TRAIN_SWEEPS, coarse=True)[0]
 
     def solve(self, r: torch.Tensor, cb: torch.Tensor, block_rows: int) -> np.ndarray:
@@ -230,29 +232,27 @@ def slot_stats(arrays, dev: torch.device, cbs, prs, cb: torch.Tensor, pr: Option
 
 def exact_slot_stats(x: torch.Tensor, dev: torch.device, cbs, prs, cb: torch.Tensor, block_rows: int,
                      pricing: SlotPricing, pr: Optional[torch.Tensor] = None) -> LevelStats:
-    """A slot's statistics under the exact balanced assignment of its rows (kernels.balance.exact_assign: every
-    code holds m/K +-1 of the slot's m rows; ties by row position, i.e. hash order): what the balanced encode does
-    to the whole catalog, on the slot. The prices: the slot's own solve on its first price_rows() rows (sent with
-    the statistics), or `pr` with `pricing.reuse`. Needs the slot's residuals and (m, K) distances: callers keep
-    m max(K, d) within SLOT_PRICE_ENTRIES (E), so the step holds at most 24 E bytes (residuals and distances,
-    float32; the float64 costs of the rows exact_assign's repair moves and its copy of them), and a slot too large
-    for that assigns under its prices as the loop does."""
-    from ..kernels.balance import exact_assign
+    """A slot's statistics under the exact balanced assignment of its rows (kernels.balance.exact_assign_rows: every
+    code holds m/K +-1 of the slot's m rows; first choices and regrets as the balanced encode ranks them; ties by
+    row position, i.e. hash order): what the balanced encode does to the whole catalog, on the slot. The prices:
+    the slot's own solve on its first price_rows() rows (sent with the statistics), or `pr` with `pricing.reuse`.
+    Holds the slot's residuals and, while it solves, the priced rows' distances and Sinkhorn kernel; the
+    assignment reads block_rows rows of scores at a time and the distances of the rows its repair moves (float32,
+    and their float64 costs and copy). Callers keep m max(K, d) within SLOT_PRICE_ENTRIES (E), so the step holds
+    at most 24 E bytes, and a slot too large for that assigns under its prices as the loop does."""
+    from ..kernels.balance import exact_assign_rows
 
     k = cb.shape[0]
     _, r = km.residual_encode(x.to(dev), cbs, prs, block_rows)
-    dist = km.distances(r, cb, block_rows=block_rows)
     if pricing.reuse and pr is not None:
         p, m = pr.cpu().numpy(), 0
     else:
         m = price_rows(k, len(x), x.shape[1], final=pricing.final)
-        p = pricing.solve_dist(dist[:m])
-    codes, _ = exact_assign(dist, p, np.arange(len(x), dtype=np.int64))
-    codes = torch.from_numpy(codes).to(r.device)
-    # The error from the distances already at hand (a third of the step's time when recomputed from r).
-    sse = float(dist.gather(1, codes.unsqueeze(1)).sum(dtype=torch.float64))
-    del dist
-    counts, sums = km.partial_stats(r, codes, k)
+        p = pricing.solve(r[:m], cb, block_rows)
+    codes, _, dist = exact_assign_rows(r, cb, p, np.arange(len(x), dtype=np.int64), block_rows)
+    # The error from the distances the assignment already has (a third of the step's time when recomputed from r).
+    sse = float(dist.sum())
+    counts, sums = km.partial_stats(r, torch.from_numpy(codes).to(r.device), k)
     st = LevelStats(counts.cpu().numpy(), sums.cpu().numpy(), sse, len(x))
     if m:
         st.price_sum, st.price_rows = m * p.astype(np.float64), m
