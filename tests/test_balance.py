@@ -294,6 +294,51 @@ def test_repair_fills_exactly_the_room_left():
     # everyone whose first choice had room and was among the nearest applicants kept it: round 1 fills code 2
     assert all(codes[i] == 2 for i in np.nonzero(first == 2)[0])
 
+
+def plain_repair(adj, tie, free, max_rounds, codes):
+    """The repair rounds as the method states them: every round reads the unplaced rows' costs afresh, masks the
+    full codes, and each row applies to its nearest code with room; the nearest applicants (cost, tie, row) fill it."""
+    n, k = adj.shape
+    free = free.copy()
+    for rounds in range(max_rounds + 1):
+        idx = np.nonzero(codes < 0)[0]
+        if not len(idx):
+            return codes, rounds
+        if rounds == max_rounds:
+            order = idx[np.lexsort((idx, tie[idx]))]
+            codes[order] = np.repeat(np.arange(k), np.maximum(free, 0))[: len(order)]
+            return codes, rounds
+        a = adj[idx].numpy().copy()
+        a[:, free <= 0] = np.inf
+        choice = a.argmin(1)
+        order = np.lexsort((idx, tie[idx], a[np.arange(len(idx)), choice], choice))
+        for code in np.unique(choice):
+            take = [i for i in order if choice[i] == code][: max(free[code], 0)]
+            codes[idx[take]] = code
+            free[code] -= len(take)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_repair_gives_the_plain_rounds_codes(seed):
+    """repair reads the costs once and drops placed rows and full codes round by round: the same codes and rounds
+    as the plain statement of the rounds, on random and tie-heavy costs (integer distances, repeated tie hashes),
+    with rows already placed and with the slot fallback (max_rounds 0 and 1)."""
+    rng = np.random.default_rng(seed)
+    n, k = 150, 7
+    dist = rng.integers(0, 3, size=(n, k)) if seed % 2 else rng.random((n, k))
+    adj = bal.PricedDistances(torch.from_numpy(dist.astype(np.float32)), (rng.integers(-1, 2, size=k) * 0.5)
+                              .astype(np.float32))
+    tie = rng.integers(0, 4, size=n) if seed % 3 == 0 else rng.permutation(n)
+    codes = np.full(n, -1)
+    codes[:40] = np.arange(40) % k  # placed before the repair
+    free = bal.capacities(n, k, rng.integers(0, 9, size=k)) - np.bincount(codes[:40], minlength=k)
+    for max_rounds in (64, 1, 0):
+        got = bal.repair(adj, tie, free, max_rounds, codes.copy())
+        want = plain_repair(adj, tie, free, max_rounds, codes.copy())
+        np.testing.assert_array_equal(got[0], want[0])
+        assert got[1] == want[1] and sizes_exact(got[0], n, k)
+
+
 def test_skewed_catalog_balanced_at_every_level(spark):
     x = skewed(800, 8, seed=3)
     df = make_df(spark, x, partitions=2)

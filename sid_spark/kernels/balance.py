@@ -192,24 +192,35 @@ def repair(adj, tie: np.ndarray, free: np.ndarray, max_rounds: int = 64,
     their nearest code (under adj = dist + prices) that still has room in `free`, nearest applicants first (cost,
     then `tie`, then row index); after `max_rounds` rounds the leftovers fill the remaining room in (tie, index)
     order. Ties between codes go to the lower code. `adj`: an (n, K) float64 tensor or PricedDistances (rows are
-    read by index). Returns (codes (n,) int64, rounds)."""
+    read by index). The costs of the rows to place are read once, as float64; each round keeps the rows still
+    without a code and masks the codes that filled up (a code never regains room), so a round costs one pass over
+    what is left. Returns (codes (n,) int64, rounds)."""
     n, k = adj.shape
     codes = np.full(n, -1, np.int64) if codes is None else codes
     free = np.asarray(free, np.int64).copy()
+    idx = np.nonzero(codes < 0)[0]
     rounds = 0
-    while (codes < 0).any():
-        idx = np.nonzero(codes < 0)[0]
+    if not len(idx):
+        return codes, rounds
+    a = np.ascontiguousarray(adj[idx].cpu().numpy(), dtype=np.float64)  # rows gathered by index: a copy of them
+    full = free <= 0
+    a[:, full] = np.inf
+    while len(idx):
         if rounds >= max_rounds:  # global slot fallback: leftovers in hash order fill the remaining room
             order = idx[np.lexsort((idx, tie[idx]))]
             codes[order] = np.repeat(np.arange(k), np.maximum(free, 0))[: len(order)]
             break
         rounds += 1
-        a = adj[idx].cpu().numpy().copy()
-        a[:, free <= 0] = np.inf
         choice = np.argmin(a, axis=1)  # the first minimum: ties to the lower code
         cost = a[np.arange(len(idx)), choice]
         r = rank_within(choice, (idx, tie[idx], cost), k)
         ok = r < free[choice]
         codes[idx[ok]] = choice[ok]
         free -= np.bincount(choice[ok], minlength=k)
+        left = ~ok
+        idx, a = idx[left], a[left]
+        filled = (free <= 0) & ~full
+        if filled.any():
+            a[:, filled] = np.inf
+            full |= filled
     return codes, rounds
