@@ -172,7 +172,10 @@ def test_over_relaxed_sweeps_come_nearer_the_converged_prices():
     assert np.abs(relaxed - converged).max() < 0.8 * np.abs(plain - converged).max()
     sizes = np.bincount((d + torch.from_numpy(relaxed)).argmin(1).numpy(), minlength=40)
     assert sizes.min() >= 85 and sizes.max() <= 115
-    np.testing.assert_array_equal(bal.sinkhorn_prices(d, caps, 12, omega=1.0)[0], plain)  # omega 1: plain sweeps
+    np.testing.assert_array_equal(bal.sinkhorn_prices(d, caps, FINAL_SWEEPS, omega=1.0)[0], plain)  # plain sweeps
+    # sweeps per epsilon: an int is that count at every epsilon; fewer sweeps at the end give other prices
+    np.testing.assert_array_equal(bal.sinkhorn_prices(d, caps, (12,) * 14)[0], bal.sinkhorn_prices(d, caps, 12)[0])
+    assert not np.array_equal(bal.sinkhorn_prices(d, caps, (12,) * 13 + (2,))[0], bal.sinkhorn_prices(d, caps, 12)[0])
 
 
 def test_executor_prices_balance_every_slot_of_a_training_batch(spark):
