@@ -94,9 +94,13 @@ def test_choice_follows_the_bounds_and_the_cost_model():
     assert train_mod.task_threads(_Session(**{"spark.executor.cores": "8", train_mod.IN_TASK_THREADS_CONF: "3"})) == 3
     # ... and at every level: the frozen levels' residuals once for the whole sample, not in every iteration
     assert all(one_task(_Session(), cfg, 1_000_000, 16, 2, 128, False, level) for level in range(3))
-    # balanced, the same sample: each exact step's distances, assignment and prices and the fine solve, on one
-    # core in one task, on two in the jobs
-    assert not any(one_task(_Session(), cfg, 1_000_000, 16, 2, 128, True, level) for level in range(3))
+    # balanced, the same sample on one core: level 1 7.6 s in one task (25 statistics passes of 2 slots, 16 exact
+    # assignments at 5e-9 s an entry, 4 coarse solves of 8,192 rows a slot, the fine solve of 31,250) against 8.8 s
+    # as 26 jobs that split each iteration over two cores
+    assert train_mod.level_seconds(cfg, 0, 1_000_000, 16, 2, 128, True, in_task=True) == pytest.approx(
+        4 * 1_000_000 * 128 / 1e9 + 25 * 2.0 * 62_500 * 128 * 256 / 4e10 + 16 * 62_500 * 256 * 5e-9
+        + 4 * 2 * 8192 * 256 * 6e-8 + 2 * 31_250 * 256 * 1.4e-7)
+    assert all(one_task(_Session(), cfg, 1_000_000, 16, 2, 128, True, level) for level in range(3))
     # 20,000 rows in one batch of 2 slots, either way
     assert one_task(_Session(), cfg, 20_000, 1, 2, 128, False, 2)
     assert one_task(_Session(), cfg, 20_000, 1, 2, 128, True, 2)

@@ -132,10 +132,11 @@ def init_rows(batched: BatchedSample, m: int) -> np.ndarray:
 # for the whole sample, after gathering it from the cache (GATHER_BYTES_PER_SECOND), and runs every slot's
 # arithmetic on one core. The arithmetic on one core: the statistics pass at GEMM_FLOPS (2 K d flops a row and
 # level, the whole pass and not the GEMM alone: 90 ms for 62,500 rows at K = 256, d = 128 on the team's 2-core
-# machine, 2026-12-07); an exact step adds the rows' distances again, the exact assignment (EXACT_ENTRY_SECONDS an
-# entry of the slot's rows x K) and every slot's Sinkhorn solve once every PRICE_EVERY steps
-# (SINKHORN_ENTRY_SECONDS an entry), and the level ends with the fine solve (FINAL_ENTRY_SECONDS an entry, 14
-# epsilons of 12 over-relaxed sweeps against the coarse 7 of 10: 1.3 s for 31,250 x 256 on one core). The result does not depend on the choice (fit_level runs the
+# machine, 2026-12-07); an exact step adds the exact assignment (EXACT_ENTRY_SECONDS an entry of the slot's rows x
+# K: the top-2, ranking and repair beyond the statistics pass, 91 against 51 ms a 31,250-row slot at K = 256) and
+# every slot's Sinkhorn solve once every PRICE_EVERY steps (SINKHORN_ENTRY_SECONDS an entry), and the level ends
+# with the fine solve (FINAL_ENTRY_SECONDS an entry, 14 epsilons of up to 12 over-relaxed sweeps against the coarse
+# 7 of 10: 1.14 s for 31,250 x 256 on one core). The result does not depend on the choice (fit_level runs the
 # same updates on the same sums).
 IN_TASK_CONF = "spark.sid_spark.trainInOneTask"  # auto (default) | false
 IN_TASK_BYTES_CONF = "spark.sid_spark.trainInOneTaskMaxBytes"
@@ -151,9 +152,9 @@ TRAIN_IN_TASK_BYTES = 1 << 30
 JOB_SECONDS = 0.2
 GEMM_FLOPS = 4e10
 GATHER_BYTES_PER_SECOND = 1e9
-EXACT_ENTRY_SECONDS = 8e-9
+EXACT_ENTRY_SECONDS = 5e-9
 SINKHORN_ENTRY_SECONDS = 6e-8
-FINAL_ENTRY_SECONDS = 1.6e-7
+FINAL_ENTRY_SECONDS = 1.4e-7
 
 
 def expected_iterations(cfg: TokenizerConfig, n_batches: int, k: int, batch_rows: int, balanced: bool) -> tuple:
@@ -178,7 +179,7 @@ def level_seconds(cfg: TokenizerConfig, level: int, n_rows: int, n_batches: int,
     # one core's work on a whole mini-batch
     level_stats = 2.0 * batch_rows * dim * k / GEMM_FLOPS
     frozen_stats = 2.0 * batch_rows * dim * frozen / GEMM_FLOPS
-    exact = (level_stats + batch_rows * k * EXACT_ENTRY_SECONDS
+    exact = (batch_rows * k * EXACT_ENTRY_SECONDS
              + slots * price_rows(k, slot_rows, dim) * k * SINKHORN_ENTRY_SECONDS / PRICE_EVERY)
     final = slots * price_rows(k, slot_rows, dim, final=True) * k * FINAL_ENTRY_SECONDS if balanced else 0.0
     if in_task:
