@@ -147,15 +147,22 @@ def exact_assign(dist: torch.Tensor, prices: Optional[np.ndarray], tie: np.ndarr
                  max_rounds: int = 64):
     """Single-process exact balanced assignment (the same algorithm the Spark path runs, used on small data and
     as its reference). dist: (n, K); tie: (n,) int64 stable hashes. Returns (codes (n,) int64, rounds)."""
-    n, k = dist.shape
     adj = PricedDistances(dist, prices)
-    first, regret = top2(adj)
+    codes, free = keep_first_choices(*top2(adj), tie, dist.shape[1], caps)
+    return repair(adj, tie, free, max_rounds, codes)
+
+
+def keep_first_choices(first: np.ndarray, regret: np.ndarray, tie: np.ndarray, k: int,
+                       caps: Optional[np.ndarray] = None):
+    """The first step of the exact assignment: inside every code the rows that would lose most by moving (largest
+    regret, then tie, then row) keep their first choice up to the code's capacity (`caps`, or capacities() from
+    the first choices). Returns (codes (n,) int64, -1 for the rows the repair places; free room per code)."""
+    n = len(first)
     if caps is None:
         caps = capacities(n, k, np.bincount(first, minlength=k))
     rank = rank_within(first, (np.arange(n), tie, -regret), k)
     codes = np.where(rank < caps[first], first, -1)
-    free = caps - np.bincount(first[codes >= 0], minlength=k)
-    return repair(adj, tie, free, max_rounds, codes)
+    return codes, caps - np.bincount(first[codes >= 0], minlength=k)
 
 
 def exact_assign_rows(r: torch.Tensor, cb: torch.Tensor, prices: Optional[np.ndarray], tie: np.ndarray,
@@ -166,21 +173,16 @@ def exact_assign_rows(r: torch.Tensor, cb: torch.Tensor, prices: Optional[np.nda
     their first choice. The repair sees those rows in the same order as exact_assign's would (their positions keep
     their order), so only the first choices' arithmetic differs from exact_assign's dense float64 costs.
     Returns (codes (n,) int64, rounds, dist (n,) float64: each row's squared distance to its code, no price)."""
-    n, k = r.shape[0], cb.shape[0]
+    k = cb.shape[0]
     p = None if prices is None else torch.as_tensor(prices, dtype=torch.float32, device=r.device)
     best, cost = km.assign(r, cb, p, block_rows, topk=2)
     first = best[:, 0].cpu().numpy()
     cost = cost.to(torch.float64).cpu().numpy()
-    regret = cost[:, 1] - cost[:, 0]
-    caps = capacities(n, k, np.bincount(first, minlength=k))
-    rank = rank_within(first, (np.arange(n), tie, -regret), k)
-    keep = rank < caps[first]
-    codes = np.where(keep, first, -1)
+    codes, free = keep_first_choices(first, cost[:, 1] - cost[:, 0], tie, k)
     dist = cost[:, 0] - (0.0 if prices is None else np.asarray(prices, np.float64)[first])
-    moved = np.nonzero(~keep)[0]
+    moved = np.nonzero(codes < 0)[0]
     rounds = 0
     if len(moved):
-        free = caps - np.bincount(first[keep], minlength=k)
         near = km.distances(r[torch.from_numpy(moved).to(r.device)], cb, block_rows=block_rows)
         codes[moved], rounds = repair(PricedDistances(near, prices), tie[moved], free, max_rounds)
         dist[moved] = near.gather(1, torch.from_numpy(codes[moved]).to(near.device).unsqueeze(1)).squeeze(1) \
